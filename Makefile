@@ -1,0 +1,37 @@
+# Set-up, training and tests. `make train` and `make test` do their own set-up.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR := /usr/share/datasets/fashion-mnist
+CONFIG ?= configs/fashion_mnist.py
+WORKDIR ?= runs/fashion_mnist
+ARGS ?=
+
+.PHONY: venv data train test
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Fashion-MNIST IDX files from Debian's package (no download from elsewhere).
+data:
+	@if [ -f $(DATA_DIR)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST is not in $(DATA_DIR). Install it with:"; \
+	  echo "  sudo apt-get install dataset-fashion-mnist"; \
+	  echo "or put the four MNIST-format IDX files in a folder and train with"; \
+	  echo "  --config.data_dir=FOLDER"; \
+	  exit 1; \
+	fi
+
+train: venv data
+	$(PY) main.py --workdir=$(WORKDIR) --config=$(CONFIG) $(ARGS)
+
+test: venv data
+	$(PY) -m pytest -q

@@ -1,0 +1,392 @@
+"""Training and evaluation loop: state, jitted steps, metrics, checkpoints.
+
+`train_and_evaluate(config, workdir)` is the entry point. It reads the config
+once at the top; everything it calls takes plain arguments.
+"""
+
+import json
+import os
+import time
+from typing import Any, Optional
+
+from absl import logging
+from clu import metric_writers
+from clu import metrics
+from clu import periodic_actions
+import flax
+from flax import linen as nn
+from flax.training import train_state
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+import input_pipeline
+import models
+import plots
+
+OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
+LR_SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot be used; the message names it."""
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  accuracy: metrics.Accuracy
+
+
+@flax.struct.dataclass
+class EvalMetrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  accuracy: metrics.Accuracy
+
+
+class TrainState(train_state.TrainState):
+  """Everything a restart needs, as one pytree.
+
+  Besides step, params and optimizer state: the RNG key, and the metric
+  accumulators of the current epoch and of the current logging window, so a
+  run resumed mid-epoch reports the same numbers as one never interrupted.
+  """
+  rng: jax.Array
+  epoch_metrics: TrainMetrics
+  window_metrics: TrainMetrics
+
+
+def compute_steps(num_train_examples: int, batch_size: int, num_epochs: int,
+                  num_train_steps: int, warmup_epochs: float):
+  """Turns durations into steps; the only place that does.
+
+  Returns:
+    (steps_per_epoch, total_steps, warmup_steps).
+  """
+  per_epoch = input_pipeline.steps_per_epoch(num_train_examples, batch_size)
+  if per_epoch == 0:
+    raise ConfigError(f'batch_size {batch_size} is larger than the training '
+                      f'set ({num_train_examples} examples)')
+  total = num_train_steps if num_train_steps > 0 else num_epochs * per_epoch
+  warmup = int(round(warmup_epochs * per_epoch))
+  return per_epoch, total, warmup
+
+
+def create_learning_rate_fn(schedule: str, base_lr: float, total_steps: int,
+                            warmup_steps: int) -> optax.Schedule:
+  """Returns step -> learning rate for one of LR_SCHEDULES."""
+  if schedule == 'constant':
+    return optax.constant_schedule(base_lr)
+  if schedule == 'cosine':
+    return optax.cosine_decay_schedule(base_lr, decay_steps=total_steps)
+  if schedule == 'warmup_cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps,
+        decay_steps=max(total_steps, warmup_steps + 1))
+  raise ConfigError(f'unknown lr_schedule {schedule!r}; accepted: '
+                    f'{", ".join(LR_SCHEDULES)}')
+
+
+def create_optimizer(name: str, learning_rate: optax.ScalarOrSchedule,
+                     momentum: float, weight_decay: float
+                     ) -> optax.GradientTransformation:
+  """Returns the optax optimizer `name` (one of OPTIMIZERS)."""
+  if name == 'sgd':
+    return optax.sgd(learning_rate, momentum=momentum or None)
+  if name == 'momentum':
+    if momentum <= 0:
+      raise ConfigError(f'optimizer momentum needs momentum > 0, got '
+                        f'{momentum}')
+    return optax.sgd(learning_rate, momentum=momentum)
+  if name == 'adam':
+    return optax.adam(learning_rate)
+  if name == 'adamw':
+    return optax.adamw(learning_rate, weight_decay=weight_decay)
+  raise ConfigError(f'unknown optimizer {name!r}; accepted: '
+                    f'{", ".join(OPTIMIZERS)}')
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                       image_shape, seed: int) -> TrainState:
+  """Initialises parameters and optimizer state on the host."""
+  init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
+  params = model.init(init_rng, jnp.ones((1,) + tuple(image_shape)))['params']
+  state = TrainState.create(
+      apply_fn=model.apply, params=params, tx=tx, rng=rng,
+      epoch_metrics=TrainMetrics.empty(), window_metrics=TrainMetrics.empty())
+  return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def train_step(state: TrainState, images, labels) -> TrainState:
+  """One SGD step; loss and accuracy come from the same forward pass."""
+  # state.rng is kept for models with dropout (fold_in(rng, step) per step)
+  # so they resume exactly; the CNN draws no randomness.
+  def loss_fn(params):
+    logits = state.apply_fn({'params': params}, images)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return losses.mean(), (losses, logits)
+
+  grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads)
+  step_metrics = TrainMetrics.single_from_model_output(
+      loss=losses, logits=logits, labels=labels)
+  return state.replace(
+      epoch_metrics=state.epoch_metrics.merge(step_metrics),
+      window_metrics=state.window_metrics.merge(step_metrics))
+
+
+def eval_step(state: TrainState, images, labels, mask) -> EvalMetrics:
+  logits = state.apply_fn({'params': state.params}, images)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return EvalMetrics.single_from_model_output(
+      loss=losses, logits=logits, labels=labels, mask=mask)
+
+
+def predict_step(state: TrainState, images):
+  return state.apply_fn({'params': state.params}, images)
+
+
+class Mesh:
+  """Places host data and state on all devices: batch split, state copied."""
+
+  def __init__(self):
+    self.mesh = jax.make_mesh((jax.device_count(),), ('data',))
+    self.batch = jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec('data'))
+    self.replicated = jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec())
+
+  def put_batch(self, *arrays):
+    """Process-local numpy arrays -> global arrays split along axis 0."""
+    return tuple(jax.make_array_from_process_local_data(self.batch, a)
+                 for a in arrays)
+
+  def put_replicated(self, tree):
+    return jax.device_put(tree, self.replicated)
+
+
+def evaluate(eval_fn, state, split, batch_size, mesh: Mesh) -> dict:
+  """Mean loss and accuracy over every example of `split`, exactly once."""
+  total = None
+  for images, labels, mask in input_pipeline.eval_batches(
+      split, batch_size, jax.process_index(), jax.process_count()):
+    batch_metrics = eval_fn(state, *mesh.put_batch(images, labels, mask))
+    total = batch_metrics if total is None else total.merge(batch_metrics)
+  return {k: float(v) for k, v in total.compute().items()}
+
+
+def _to_float_dict(collection: metrics.Collection) -> dict:
+  return {k: float(v) for k, v in collection.compute().items()}
+
+
+def validate_config(config: ml_collections.ConfigDict, device_count: int):
+  """Checks values train_and_evaluate cannot fix later; raises ConfigError."""
+  for key in ('learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',
+              'log_every_steps', 'checkpoint_every_steps',
+              'max_checkpoints_to_keep'):
+    if not config[key] > 0:
+      raise ConfigError(f'{key} must be > 0, got {config[key]!r}')
+  if config.num_train_steps == 0 or config.num_train_steps < -1:
+    raise ConfigError(f'num_train_steps must be -1 (derive from num_epochs) '
+                      f'or > 0, got {config.num_train_steps}')
+  if config.warmup_epochs < 0:
+    raise ConfigError(f'warmup_epochs must be >= 0, got '
+                      f'{config.warmup_epochs}')
+  if config.optimizer not in OPTIMIZERS:
+    raise ConfigError(f'unknown optimizer {config.optimizer!r}; accepted: '
+                      f'{", ".join(OPTIMIZERS)}')
+  if config.lr_schedule not in LR_SCHEDULES:
+    raise ConfigError(f'unknown lr_schedule {config.lr_schedule!r}; '
+                      f'accepted: {", ".join(LR_SCHEDULES)}')
+  if config.model not in models.MODELS:
+    raise ConfigError(f'unknown model {config.model!r}; accepted: '
+                      f'{", ".join(sorted(models.MODELS))}')
+  for key in ('batch_size', 'eval_batch_size'):
+    if config[key] % device_count:
+      raise ConfigError(f'{key} {config[key]} is not divisible by the '
+                        f'{device_count} devices; use a multiple of '
+                        f'{device_count}')
+
+
+def _write_json(path: str, obj: Any):
+  """Writes JSON atomically: readers never see a half-written file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> Optional[dict]:
+  """Trains, evaluates each epoch, checkpoints, resumes; writes results.
+
+  Args:
+    config: hyperparameters, see configs/default.py.
+    workdir: where checkpoints, TensorBoard events, plots and summary go.
+
+  Returns:
+    The summary dict (also written to workdir/summary.json).
+  """
+  validate_config(config, jax.device_count())
+  is_main = jax.process_index() == 0
+  dataset = input_pipeline.load_dataset(config.dataset, config.data_dir)
+  steps_per_epoch, total_steps, warmup_steps = compute_steps(
+      len(dataset.train), config.batch_size, config.num_epochs,
+      config.num_train_steps, config.warmup_epochs)
+  logging.info('Data: %s; %d train, %d test examples, images %s, %d classes',
+               dataset.source, len(dataset.train), len(dataset.test),
+               dataset.train.images.shape[1:], dataset.num_classes)
+
+  model = models.create_model(config.model, dataset.num_classes)
+  lr_fn = create_learning_rate_fn(config.lr_schedule, config.learning_rate,
+                                  total_steps, warmup_steps)
+  tx = create_optimizer(config.optimizer, lr_fn, config.momentum,
+                        config.weight_decay)
+  image_shape = dataset.train.images.shape[1:]
+  mesh = Mesh()
+  state = mesh.put_replicated(
+      create_train_state(model, tx, image_shape, config.seed))
+
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  manager = ocp.CheckpointManager(
+      checkpoint_dir, item_names=('state', 'meta'),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=config.max_checkpoints_to_keep, create=True))
+  history: list[dict] = []
+  elapsed = {'train_seconds': 0.0, 'wall_seconds': 0.0}
+  latest = manager.latest_step()
+  if latest is not None:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = manager.restore(latest, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        meta=ocp.args.JsonRestore()))
+    state, meta = restored.state, restored.meta
+    history, elapsed = meta['history'], meta['elapsed']
+    logging.info('Resumed from checkpoint at step %d in %s', latest,
+                 checkpoint_dir)
+  start_step = int(state.step)
+  if start_step >= total_steps:
+    logging.info('Run in %s already finished at step %d of %d; nothing to '
+                 'train. Results are in %s', workdir, start_step, total_steps,
+                 os.path.join(workdir, 'summary.json'))
+    manager.close()
+    return None
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not is_main)
+  if start_step == 0:
+    writer.write_hparams(config.to_dict())
+    logging.info('Model %s:\n%s', config.model, nn.tabulate(
+        model, jax.random.PRNGKey(0), compute_flops=True,
+        compute_vjp_flops=True, console_kwargs={
+            'force_terminal': False, 'force_jupyter': False, 'width': 100}
+    )(jnp.ones((1,) + tuple(image_shape))))
+  if is_main:
+    _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+
+  p_train_step = jax.jit(train_step, donate_argnums=0)
+  p_eval_step = jax.jit(eval_step)
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=total_steps, writer=writer)
+
+  logging.info('Training steps %d..%d (%d per epoch, batch %d on %d devices)',
+               start_step, total_steps, steps_per_epoch, config.batch_size,
+               jax.device_count())
+  batches = input_pipeline.train_batches(
+      dataset.train, config.batch_size, config.seed, start_step,
+      total_steps - start_step, jax.process_index(), jax.process_count())
+  session_start = time.time()
+  window_start, window_steps = time.time(), 0
+  train_seconds = elapsed['train_seconds']
+  for step in range(start_step, total_steps):
+    images, labels = next(batches)
+    state = p_train_step(state, *mesh.put_batch(images, labels))
+    window_steps += 1
+    done = step + 1
+    report_progress(done)
+    is_last = done == total_steps
+    epoch_end = done % steps_per_epoch == 0 or is_last
+
+    if done % config.log_every_steps == 0 or epoch_end:
+      window = _to_float_dict(state.window_metrics)  # Syncs with the device.
+      seconds = time.time() - window_start
+      train_seconds += seconds
+      writer.write_scalars(done, {
+          'train_loss': window['loss'], 'train_accuracy': window['accuracy'],
+          'learning_rate': float(lr_fn(step)),
+          'images_per_second': window_steps * config.batch_size / seconds})
+      state = state.replace(
+          window_metrics=mesh.put_replicated(TrainMetrics.empty()))
+
+    if epoch_end:
+      train = _to_float_dict(state.epoch_metrics)
+      test = evaluate(p_eval_step, state, dataset.test,
+                      config.eval_batch_size, mesh)
+      record = {'epoch': done / steps_per_epoch, 'step': done,
+                'train_loss': train['loss'],
+                'train_accuracy': train['accuracy'],
+                'test_loss': test['loss'], 'test_accuracy': test['accuracy']}
+      history.append(record)
+      writer.write_scalars(done, {
+          'epoch_train_loss': train['loss'],
+          'epoch_train_accuracy': train['accuracy'],
+          'test_loss': test['loss'], 'test_accuracy': test['accuracy']})
+      logging.info('epoch %.2f step %d: train loss %.4f acc %.4f, test loss '
+                   '%.4f acc %.4f', record['epoch'], done, train['loss'],
+                   train['accuracy'], test['loss'], test['accuracy'])
+      if done % steps_per_epoch == 0:
+        # A run that ends mid-epoch keeps its partial accumulator, so that
+        # extending it later (more steps) reports the same epochs.
+        state = state.replace(
+            epoch_metrics=mesh.put_replicated(TrainMetrics.empty()))
+
+    if done % config.checkpoint_every_steps == 0 or is_last:
+      meta = {'history': history, 'elapsed': {
+          'train_seconds': train_seconds,
+          'wall_seconds': elapsed['wall_seconds'] + time.time() -
+                          session_start}}
+      manager.save(done, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    if done % config.log_every_steps == 0 or epoch_end:
+      window_start, window_steps = time.time(), 0
+
+  manager.wait_until_finished()
+  manager.close()
+  wall_seconds = elapsed['wall_seconds'] + time.time() - session_start
+  final = history[-1]
+  summary = {
+      'final_step': total_steps, 'epoch': final['epoch'],
+      'train_loss': final['train_loss'],
+      'train_accuracy': final['train_accuracy'],
+      'test_loss': final['test_loss'], 'test_accuracy': final['test_accuracy'],
+      'wall_seconds': wall_seconds, 'train_seconds': train_seconds,
+      'train_images_per_second':
+          total_steps * config.batch_size / train_seconds,
+      'history': history, 'config': config.to_dict(),
+  }
+  if is_main:
+    _write_json(os.path.join(workdir, 'summary.json'), summary)
+    plots.plot_history(history, os.path.join(workdir, 'metrics.png'))
+  test_images, test_labels, _ = next(input_pipeline.eval_batches(
+      dataset.test, config.eval_batch_size, jax.process_index(),
+      jax.process_count()))
+  logits = jax.jit(predict_step)(state, *mesh.put_batch(test_images))
+  logits = multihost_utils.process_allgather(logits, tiled=True)
+  if is_main:
+    n = min(25, len(logits))
+    plots.plot_predictions(
+        dataset.test.images[:n], dataset.test.labels[:n],
+        np.asarray(logits[:n]).argmax(-1), dataset.class_names,
+        os.path.join(workdir, 'predictions.png'))
+  writer.flush()
+  writer.close()
+  logging.info('Done: test accuracy %.4f after %d steps; %.1f s wall, %.0f '
+               'train images/s. Summary: %s', summary['test_accuracy'],
+               total_steps, wall_seconds, summary['train_images_per_second'],
+               os.path.join(workdir, 'summary.json'))
+  return summary
