@@ -28,15 +28,22 @@ def _quiet_library_info(record) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_quiet_library_info)
+  logging.get_absl_logger().addFilter(_quiet_library_info)
+  import checkpointing  # pylint: disable=g-import-not-at-top
   import input_pipeline  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (train.ConfigError, input_pipeline.DataError) as e:
+  except (train.ConfigError, input_pipeline.DataError,
+          checkpointing.IncompatibleCheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-
+  except (train.DivergenceError, checkpointing.CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  except train.Preempted as e:
+    print(f'preempted: {e}', file=sys.stderr)
+    sys.exit(train.EXIT_PREEMPTED)
 
 if __name__ == '__main__':
   app.run(main)

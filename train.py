@@ -4,8 +4,11 @@
 once at the top; everything it calls takes plain arguments.
 """
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Optional
 
@@ -24,6 +27,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+import checkpointing
+import event_files
 import input_pipeline
 import models
 import plots
@@ -32,8 +37,21 @@ OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
 LR_SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
 
 
+# Exit status of a run stopped by SIGTERM/SIGINT after saving a checkpoint
+# (EX_TEMPFAIL: run the same command again to continue).
+EXIT_PREEMPTED = 75
+
+
 class ConfigError(ValueError):
   """A config value that cannot be used; the message names it."""
+
+
+class DivergenceError(RuntimeError):
+  """The loss became NaN or infinite."""
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT arrived; a checkpoint of the current step was saved."""
 
 
 @flax.struct.dataclass
@@ -58,6 +76,9 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
   epoch_metrics: TrainMetrics
   window_metrics: TrainMetrics
+  # First step (counting from 1) whose loss was not finite; -1 if none. Kept
+  # on the device so that divergence costs no per-step host sync.
+  nonfinite_step: jax.Array
 
 
 def compute_steps(num_train_examples: int, batch_size: int, num_epochs: int,
@@ -117,7 +138,8 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
   params = model.init(init_rng, jnp.ones((1,) + tuple(image_shape)))['params']
   state = TrainState.create(
       apply_fn=model.apply, params=params, tx=tx, rng=rng,
-      epoch_metrics=TrainMetrics.empty(), window_metrics=TrainMetrics.empty())
+      epoch_metrics=TrainMetrics.empty(), window_metrics=TrainMetrics.empty(),
+      nonfinite_step=jnp.array(-1, jnp.int32))
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
@@ -131,12 +153,15 @@ def train_step(state: TrainState, images, labels) -> TrainState:
     return losses.mean(), (losses, logits)
 
   grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
+  first_bad = (state.nonfinite_step < 0) & ~jnp.isfinite(losses.mean())
+  nonfinite_step = jnp.where(first_bad, state.step + 1, state.nonfinite_step)
   state = state.apply_gradients(grads=grads)
   step_metrics = TrainMetrics.single_from_model_output(
       loss=losses, logits=logits, labels=labels)
   return state.replace(
       epoch_metrics=state.epoch_metrics.merge(step_metrics),
-      window_metrics=state.window_metrics.merge(step_metrics))
+      window_metrics=state.window_metrics.merge(step_metrics),
+      nonfinite_step=nonfinite_step)
 
 
 def eval_step(state: TrainState, images, labels, mask) -> EvalMetrics:
@@ -176,6 +201,7 @@ def evaluate(eval_fn, state, split, batch_size, mesh: Mesh) -> dict:
       split, batch_size, jax.process_index(), jax.process_count()):
     batch_metrics = eval_fn(state, *mesh.put_batch(images, labels, mask))
     total = batch_metrics if total is None else total.merge(batch_metrics)
+    _inject_fault('eval', int(state.step))
   return {k: float(v) for k, v in total.compute().items()}
 
 
@@ -220,6 +246,85 @@ def _write_json(path: str, obj: Any):
   os.replace(tmp, path)
 
 
+def _inject_fault(point: str, step: int):
+  """Test hook: TRAINER_FAULT=kill:<point>:<step> SIGKILLs this process there.
+
+  Points: 'step' (after the step is dispatched), 'log' (after metrics are
+  written), 'eval' (between evaluation batches), 'checkpoint' (while a
+  checkpoint is being written).
+  """
+  fault = os.environ.get('TRAINER_FAULT')
+  if fault and fault == f'kill:{point}:{step}':
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def check_workdir(workdir: str):
+  """Fails early, before any work, if `workdir` cannot be written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f'workdir {workdir!r} cannot be written: '
+                      f'{e.strerror or e}; give a writable folder') from e
+
+
+class PreemptionHandler:
+  """Turns the first SIGTERM/SIGINT into a request to stop after the step.
+
+  A second signal exits at once; checkpoints are written to a temporary
+  folder and renamed when complete, so that cannot damage the last good one.
+  """
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    self.signum = signum
+    logging.warning('Got %s: stopping after this step with a checkpoint '
+                    '(send it again to exit at once)',
+                    signal.Signals(signum).name)
+
+
+def _check_finite(state: TrainState, checkpoint_dir: str):
+  bad = int(state.nonfinite_step)
+  if bad >= 0:
+    kept = checkpointing.finished_steps(checkpoint_dir)
+    raise DivergenceError(
+        f'loss is not finite at step {bad}; stopped without saving it. Latest '
+        f'good checkpoint: {f"step {kept[-1]}" if kept else "none"}. Try a '
+        f'lower learning_rate')
+
+
+@contextlib.contextmanager
+def _finish_saves_on_error(manager):
+  """On any error, lets a checkpoint write in flight complete before exit."""
+  try:
+    yield
+  except BaseException:
+    try:
+      manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      logging.exception('Pending checkpoint write failed')
+    raise
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> Optional[dict]:
   """Trains, evaluates each epoch, checkpoints, resumes; writes results.
@@ -229,7 +334,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     workdir: where checkpoints, TensorBoard events, plots and summary go.
 
   Returns:
-    The summary dict (also written to workdir/summary.json).
+    The summary dict (also written to workdir/summary.json), or None if the
+    run in workdir had already finished.
+
+  Raises:
+    ConfigError, input_pipeline.DataError: bad config or data; nothing in
+      workdir was changed.
+    checkpointing.IncompatibleCheckpointError: workdir holds another run.
+    DivergenceError: the loss became NaN/inf; no such checkpoint was saved.
+    Preempted: a signal stopped the run after saving a checkpoint.
   """
   validate_config(config, jax.device_count())
   is_main = jax.process_index() == 0
@@ -237,6 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   steps_per_epoch, total_steps, warmup_steps = compute_steps(
       len(dataset.train), config.batch_size, config.num_epochs,
       config.num_train_steps, config.warmup_epochs)
+  check_workdir(workdir)
   logging.info('Data: %s; %d train, %d test examples, images %s, %d classes',
                dataset.source, len(dataset.train), len(dataset.test),
                dataset.train.images.shape[1:], dataset.num_classes)
@@ -246,36 +360,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                   total_steps, warmup_steps)
   tx = create_optimizer(config.optimizer, lr_fn, config.momentum,
                         config.weight_decay)
-  image_shape = dataset.train.images.shape[1:]
+  image_shape = list(dataset.train.images.shape[1:])
   mesh = Mesh()
   state = mesh.put_replicated(
       create_train_state(model, tx, image_shape, config.seed))
+  wanted = checkpointing.signature(
+      state, model=config.model, image_shape=image_shape,
+      num_classes=dataset.num_classes)
 
-  os.makedirs(workdir, exist_ok=True)
   checkpoint_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  manager = ocp.CheckpointManager(
-      checkpoint_dir, item_names=('state', 'meta'),
-      options=ocp.CheckpointManagerOptions(
-          max_to_keep=config.max_checkpoints_to_keep, create=True))
   history: list[dict] = []
   elapsed = {'train_seconds': 0.0, 'wall_seconds': 0.0}
-  latest = manager.latest_step()
-  if latest is not None:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(latest, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        meta=ocp.args.JsonRestore()))
-    state, meta = restored.state, restored.meta
+  restored = checkpointing.restore_latest(
+      checkpoint_dir, jax.tree.map(ocp.utils.to_shape_dtype_struct, state),
+      wanted)
+  if restored is not None:
+    state, meta = restored
     history, elapsed = meta['history'], meta['elapsed']
-    logging.info('Resumed from checkpoint at step %d in %s', latest,
+    logging.info('Resumed from step %d in %s', int(state.step),
                  checkpoint_dir)
   start_step = int(state.step)
   if start_step >= total_steps:
     logging.info('Run in %s already finished at step %d of %d; nothing to '
                  'train. Results are in %s', workdir, start_step, total_steps,
                  os.path.join(workdir, 'summary.json'))
-    manager.close()
     return None
+  if is_main:
+    # Points logged after the restored step by a killed session go, so the
+    # resumed session writes each (tag, step) exactly once.
+    event_files.truncate_after(workdir, start_step if restored else -1)
+  manager = checkpointing.create_manager(checkpoint_dir,
+                                         config.max_checkpoints_to_keep)
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_main)
@@ -285,7 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         model, jax.random.PRNGKey(0), compute_flops=True,
         compute_vjp_flops=True, console_kwargs={
             'force_terminal': False, 'force_jupyter': False, 'width': 100}
-    )(jnp.ones((1,) + tuple(image_shape))))
+    )(jnp.ones([1] + image_shape)))
   if is_main:
     _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
@@ -303,61 +418,97 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   session_start = time.time()
   window_start, window_steps = time.time(), 0
   train_seconds = elapsed['train_seconds']
-  for step in range(start_step, total_steps):
-    images, labels = next(batches)
-    state = p_train_step(state, *mesh.put_batch(images, labels))
-    window_steps += 1
-    done = step + 1
-    report_progress(done)
-    is_last = done == total_steps
-    epoch_end = done % steps_per_epoch == 0 or is_last
 
-    if done % config.log_every_steps == 0 or epoch_end:
-      window = _to_float_dict(state.window_metrics)  # Syncs with the device.
-      seconds = time.time() - window_start
-      train_seconds += seconds
-      writer.write_scalars(done, {
-          'train_loss': window['loss'], 'train_accuracy': window['accuracy'],
-          'learning_rate': float(lr_fn(step)),
-          'images_per_second': window_steps * config.batch_size / seconds})
-      state = state.replace(
-          window_metrics=mesh.put_replicated(TrainMetrics.empty()))
+  def save_checkpoint(step):
+    _check_finite(state, checkpoint_dir)
+    writer.flush()  # Points up to `step` are on disk before its checkpoint.
+    meta = {'history': history, 'signature': wanted, 'elapsed': {
+        'train_seconds': train_seconds,
+        'wall_seconds': elapsed['wall_seconds'] + time.time() - session_start}}
+    checkpointing.save(manager, step, state, meta)
+    _inject_fault('checkpoint', step)
 
-    if epoch_end:
-      train = _to_float_dict(state.epoch_metrics)
-      test = evaluate(p_eval_step, state, dataset.test,
-                      config.eval_batch_size, mesh)
-      record = {'epoch': done / steps_per_epoch, 'step': done,
-                'train_loss': train['loss'],
-                'train_accuracy': train['accuracy'],
-                'test_loss': test['loss'], 'test_accuracy': test['accuracy']}
-      history.append(record)
-      writer.write_scalars(done, {
-          'epoch_train_loss': train['loss'],
-          'epoch_train_accuracy': train['accuracy'],
-          'test_loss': test['loss'], 'test_accuracy': test['accuracy']})
-      logging.info('epoch %.2f step %d: train loss %.4f acc %.4f, test loss '
-                   '%.4f acc %.4f', record['epoch'], done, train['loss'],
-                   train['accuracy'], test['loss'], test['accuracy'])
-      if done % steps_per_epoch == 0:
-        # A run that ends mid-epoch keeps its partial accumulator, so that
-        # extending it later (more steps) reports the same epochs.
+  with PreemptionHandler() as preemption, _finish_saves_on_error(manager):
+    for step in range(start_step, total_steps):
+      images, labels = next(batches)
+      state = p_train_step(state, *mesh.put_batch(images, labels))
+      window_steps += 1
+      done = step + 1
+      _inject_fault('step', done)
+      report_progress(done)
+      is_last = done == total_steps
+      epoch_end = done % steps_per_epoch == 0 or is_last
+      log_now = done % config.log_every_steps == 0 or epoch_end
+
+      if log_now:
+        _check_finite(state, checkpoint_dir)
+        window = _to_float_dict(state.window_metrics)  # Syncs with device.
+        seconds = time.time() - window_start
+        train_seconds += seconds
+        writer.write_scalars(done, {
+            'train_loss': window['loss'],
+            'train_accuracy': window['accuracy'],
+            'learning_rate': float(lr_fn(step)),
+            'images_per_second': window_steps * config.batch_size / seconds})
         state = state.replace(
-            epoch_metrics=mesh.put_replicated(TrainMetrics.empty()))
+            window_metrics=mesh.put_replicated(TrainMetrics.empty()))
+        _inject_fault('log', done)
 
-    if done % config.checkpoint_every_steps == 0 or is_last:
-      meta = {'history': history, 'elapsed': {
-          'train_seconds': train_seconds,
-          'wall_seconds': elapsed['wall_seconds'] + time.time() -
-                          session_start}}
-      manager.save(done, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-    if done % config.log_every_steps == 0 or epoch_end:
-      window_start, window_steps = time.time(), 0
+      if epoch_end:
+        train = _to_float_dict(state.epoch_metrics)
+        test = evaluate(p_eval_step, state, dataset.test,
+                        config.eval_batch_size, mesh)
+        record = {'epoch': done / steps_per_epoch, 'step': done,
+                  'train_loss': train['loss'],
+                  'train_accuracy': train['accuracy'],
+                  'test_loss': test['loss'], 'test_accuracy': test['accuracy']}
+        history.append(record)
+        writer.write_scalars(done, {
+            'epoch_train_loss': train['loss'],
+            'epoch_train_accuracy': train['accuracy'],
+            'test_loss': test['loss'], 'test_accuracy': test['accuracy']})
+        logging.info('epoch %.2f step %d: train loss %.4f acc %.4f, test loss '
+                     '%.4f acc %.4f', record['epoch'], done, train['loss'],
+                     train['accuracy'], test['loss'], test['accuracy'])
+        if done % steps_per_epoch == 0:
+          # A run that ends mid-epoch keeps its partial accumulator, so that
+          # extending it later (more steps) reports the same epochs.
+          state = state.replace(
+              epoch_metrics=mesh.put_replicated(TrainMetrics.empty()))
 
-  manager.wait_until_finished()
+      if (done % config.checkpoint_every_steps == 0 or is_last or
+          preemption.signum is not None):
+        save_checkpoint(done)
+      if preemption.signum is not None and not is_last:
+        checkpointing.wait(manager)
+        manager.close()
+        writer.close()
+        raise Preempted(
+            f'stopped by {signal.Signals(preemption.signum).name} at step '
+            f'{done} of {total_steps}; checkpoint saved in {checkpoint_dir}. '
+            f'Run the same command again to continue')
+      if log_now:
+        window_start, window_steps = time.time(), 0
+
+    checkpointing.wait(manager)
   manager.close()
   wall_seconds = elapsed['wall_seconds'] + time.time() - session_start
+  summary = _write_results(
+      workdir, config, dataset, history, state, mesh, is_main,
+      wall_seconds=wall_seconds, train_seconds=train_seconds,
+      total_steps=total_steps)
+  writer.flush()
+  writer.close()
+  logging.info('Done: test accuracy %.4f after %d steps; %.1f s wall, %.0f '
+               'train images/s. Summary: %s', summary['test_accuracy'],
+               total_steps, wall_seconds, summary['train_images_per_second'],
+               os.path.join(workdir, 'summary.json'))
+  return summary
+
+
+def _write_results(workdir, config, dataset, history, state, mesh, is_main,
+                   *, wall_seconds, train_seconds, total_steps) -> dict:
+  """Writes summary.json, metrics.png and predictions.png; returns summary."""
   final = history[-1]
   summary = {
       'final_step': total_steps, 'epoch': final['epoch'],
@@ -369,24 +520,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           total_steps * config.batch_size / train_seconds,
       'history': history, 'config': config.to_dict(),
   }
-  if is_main:
-    _write_json(os.path.join(workdir, 'summary.json'), summary)
-    plots.plot_history(history, os.path.join(workdir, 'metrics.png'))
-  test_images, test_labels, _ = next(input_pipeline.eval_batches(
+  test_images, _, _ = next(input_pipeline.eval_batches(
       dataset.test, config.eval_batch_size, jax.process_index(),
       jax.process_count()))
   logits = jax.jit(predict_step)(state, *mesh.put_batch(test_images))
   logits = multihost_utils.process_allgather(logits, tiled=True)
   if is_main:
+    _write_json(os.path.join(workdir, 'summary.json'), summary)
+    plots.plot_history(history, os.path.join(workdir, 'metrics.png'))
     n = min(25, len(logits))
     plots.plot_predictions(
         dataset.test.images[:n], dataset.test.labels[:n],
         np.asarray(logits[:n]).argmax(-1), dataset.class_names,
         os.path.join(workdir, 'predictions.png'))
-  writer.flush()
-  writer.close()
-  logging.info('Done: test accuracy %.4f after %d steps; %.1f s wall, %.0f '
-               'train images/s. Summary: %s', summary['test_accuracy'],
-               total_steps, wall_seconds, summary['train_images_per_second'],
-               os.path.join(workdir, 'summary.json'))
   return summary
