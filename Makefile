@@ -34,4 +34,4 @@ train: venv data
 	$(PY) main.py --workdir=$(WORKDIR) --config=$(CONFIG) $(ARGS)
 
 test: venv data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(ARGS)

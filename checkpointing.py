@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 UNREADABLE_DIR = 'checkpoints_unreadable'
@@ -138,10 +139,13 @@ def restore_latest(directory: str, abstract_state, wanted: dict
                       'older one', directory, step, reason)
       failures.append((step, reason))
       continue
-    for bad_step, reason in failures:
-      target = _move_aside(directory, bad_step)
-      logging.warning('Moved unreadable checkpoint %d to %s (%s)', bad_step,
-                      target, reason)
+    if jax.process_index() == 0:  # One mover on a shared filesystem.
+      for bad_step, reason in failures:
+        target = _move_aside(directory, bad_step)
+        logging.warning('Moved unreadable checkpoint %d to %s (%s)',
+                        bad_step, target, reason)
+    if failures and jax.process_count() > 1:
+      multihost_utils.sync_global_devices('unreadable checkpoints moved')
     return state, meta
   if failures:
     raise CheckpointError(
@@ -177,8 +181,9 @@ def wait(manager: ocp.CheckpointManager):
 
 
 def _write_failure(manager, step, e) -> str:
+  del step  # The failing write may be an earlier, asynchronous one.
   kept = finished_steps(str(manager.directory))
-  return (f'could not write checkpoint{f" {step}" if step else ""} in '
-          f'{manager.directory} ({type(e).__name__}: '
-          f'{str(e).splitlines()[0][:300] if str(e) else ""}); disk full or '
-          f'not writable? Earlier checkpoints are kept: {kept or "none"}')
+  detail = str(e).splitlines()[0][:300] if str(e) else ''
+  return (f'could not write a checkpoint in {manager.directory} '
+          f'({type(e).__name__}: {detail}); disk full or not writable? '
+          f'Earlier checkpoints are kept: {kept or "none"}')

@@ -3,6 +3,7 @@
   python main.py --workdir=W --config=configs/default.py [--config.KEY=VALUE]
 """
 
+import re
 import sys
 
 from absl import app
@@ -17,7 +18,42 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, '
 config_flags.DEFINE_config_file(
     'config', None, 'Python file whose get_config() returns the config.',
     lock_config=True)
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 '
+                    'for a multi-process run (jax.distributed).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes in a '
+                     'multi-process run.')
+flags.DEFINE_integer('process_id', None, 'Index of this process, from 0.')
+flags.DEFINE_integer('heartbeat_timeout_seconds', 60, 'In a multi-process '
+                     'run, a process silent this long is declared dead and '
+                     'the others exit with an error.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def parse_flags(argv):
+  """absl's parsing, with every bad flag reported in one line and exit 2."""
+  try:
+    argv = FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+  except AttributeError as e:
+    # ml_collections reports an unknown --config.KEY as an AttributeError
+    # whose text is the quoted key plus a suggestion.
+    key = re.search(r'[A-Za-z_][\w.]*', str(e))
+    hint = re.search(r'Did you mean "([^"]+)"', str(e))
+    _fail(f"unknown config key '{key.group(0) if key else e}'" +
+          (f" (did you mean '{hint.group(1)}'?)" if hint else '') +
+          '; the accepted keys are those in configs/default.py')
+  try:
+    FLAGS.config.to_dict()  # A config file that failed to load raises here.
+  except OSError as e:
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    _fail(f'cannot load --config: {lines[-1]}')
+  return argv
+
+
+def _fail(message):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
 
 
 def _quiet_library_info(record) -> bool:
@@ -30,8 +66,14 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_logger().addFilter(_quiet_library_info)
   import checkpointing  # pylint: disable=g-import-not-at-top
+  import distributed  # pylint: disable=g-import-not-at-top
   import input_pipeline  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)
+  except distributed.DistributedError as e:
+    _fail(str(e))
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (train.ConfigError, input_pipeline.DataError,
@@ -46,4 +88,4 @@ def main(argv):
     sys.exit(train.EXIT_PREEMPTED)
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import psutil
 
 import checkpointing
 import event_files
@@ -292,6 +293,21 @@ class PreemptionHandler:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
+  def requested(self, every_step: bool) -> bool:
+    """Whether to stop now; all processes agree on the answer.
+
+    With several processes the signal may reach only some, so they compare
+    notes, which costs a collective: only at logging steps (`every_step`
+    False), never in between.
+    """
+    if jax.process_count() == 1:
+      return self.signum is not None
+    if every_step:
+      return False
+    flags = multihost_utils.process_allgather(
+        np.array(self.signum is not None))
+    return bool(np.any(flags))
+
   def _handle(self, signum, frame):
     del frame
     if self.signum is not None:
@@ -404,8 +420,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if is_main:
     _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
-  p_train_step = jax.jit(train_step, donate_argnums=0)
-  p_eval_step = jax.jit(eval_step)
+  # Outputs are pinned replicated, so the state keeps one sharding and the
+  # metrics can be read on every process.
+  p_train_step = jax.jit(train_step, donate_argnums=0,
+                         out_shardings=mesh.replicated)
+  p_eval_step = jax.jit(eval_step, out_shardings=mesh.replicated)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer)
 
@@ -434,6 +453,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       state = p_train_step(state, *mesh.put_batch(images, labels))
       window_steps += 1
       done = step + 1
+      if step == start_step:
+        jax.block_until_ready(state)  # Once: compile time shows up here.
+        logging.info('First training step done %.1f s after process start',
+                     time.time() - psutil.Process().create_time())
       _inject_fault('step', done)
       report_progress(done)
       is_last = done == total_steps
@@ -476,15 +499,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           state = state.replace(
               epoch_metrics=mesh.put_replicated(TrainMetrics.empty()))
 
-      if (done % config.checkpoint_every_steps == 0 or is_last or
-          preemption.signum is not None):
+      stop = preemption.requested(every_step=not log_now)
+      if done % config.checkpoint_every_steps == 0 or is_last or stop:
         save_checkpoint(done)
-      if preemption.signum is not None and not is_last:
+      if stop and not is_last:
         checkpointing.wait(manager)
         manager.close()
         writer.close()
+        name = signal.Signals(preemption.signum or signal.SIGTERM).name
         raise Preempted(
-            f'stopped by {signal.Signals(preemption.signum).name} at step '
+            f'stopped by {name} at step '
             f'{done} of {total_steps}; checkpoint saved in {checkpoint_dir}. '
             f'Run the same command again to continue')
       if log_now:

@@ -1,0 +1,249 @@
+"""Side-by-side training benchmark on Fashion-MNIST (local IDX files).
+
+  .venv/bin/python bench/benchmark.py                 # throughput table
+  .venv/bin/python bench/benchmark.py --mode=tta      # time to accuracy
+
+Throughput: every contender is built and warmed up (compiled) first, then
+timed windows run in alternation (A B C A B C ...) so that drift of the
+machine hits all alike; the table gives the median window. Each window trains
+the same number of images. Ratios are to the Flax quick-start reference loop
+measured in the same invocation.
+
+Time to accuracy: the reference loop trains 10 epochs in a fresh process
+(its whole wall time, process start included, and its final test accuracy
+are measured); then `main.py --config=configs/fast.py` runs in a fresh
+process and we note the wall time, from process start, of the first epoch
+whose test accuracy reaches the reference's.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import contenders
+
+DEFAULT_DATA = '/usr/share/datasets/fashion-mnist'
+# (name, contender, batch size). The trainer's default config is batch 32.
+LINEUP = [('reference b32', 'reference', 32), ('trainer b32', 'trainer', 32),
+          ('trainer b128', 'trainer', 128), ('trainer b512', 'trainer', 512),
+          ('torch b32', 'torch', 32), ('torch b128', 'torch', 128),
+          ('torch b512', 'torch', 512)]
+
+
+def load(data_dir):
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline.load_dataset('fashion_mnist', data_dir)
+
+
+def peak_flops(repeats=5, n=2048):
+  """Float32 matmul FLOP/s, the machine's practical peak for this work."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  times = [contenders.timed(lambda: matmul(a).block_until_ready())
+           for _ in range(repeats)]
+  return 2 * n**3 / min(times)
+
+
+def train_flops_per_image(batch_size=32):
+  """FLOPs of one training step per image, from XLA's cost analysis."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import models  # pylint: disable=g-import-not-at-top
+  import train  # pylint: disable=g-import-not-at-top
+  state = train.create_train_state(
+      models.create_model('cnn', 10),
+      train.create_optimizer('sgd', 0.01, 0.9, 0), (28, 28, 1), 0)
+  images = jnp.zeros((batch_size, 28, 28, 1))
+  labels = jnp.zeros((batch_size,), jnp.int32)
+  compiled = jax.jit(train.train_step).lower(state, images, labels).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost['flops'] / batch_size
+
+
+def first_step_seconds(kind, data_dir):
+  """Wall time from launching a fresh process to its first finished step."""
+  if kind == 'trainer':
+    args = [sys.executable, 'main.py', '--workdir=' + os.path.join(
+        '/tmp', f'bench-first-step-{os.getpid()}'),
+            '--config=configs/fashion_mnist.py',
+            f'--config.data_dir={data_dir}', '--config.num_train_steps=1']
+    pattern = 'First training step done'
+  else:
+    args = [sys.executable, os.path.join('bench', 'benchmark.py'),
+            '--mode=first_step', f'--contender={kind}',
+            f'--data_dir={data_dir}']
+    pattern = 'FIRST_STEP_DONE'
+  start = time.perf_counter()
+  proc = subprocess.Popen(args, cwd=contenders.ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  seconds = None
+  for line in proc.stdout:
+    if pattern in line and seconds is None:
+      seconds = time.perf_counter() - start
+  proc.wait(timeout=600)
+  if kind == 'trainer':
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(args[2].split('=', 1)[1], ignore_errors=True)
+  return seconds
+
+
+def throughput(args):
+  data = load(args.data_dir)
+  lineup = [c for c in LINEUP if args.only is None or c[1] in args.only]
+  runners = {}
+  for name, kind, batch in lineup:
+    runners[name] = contenders.make(kind, data, batch)
+    runners[name].run(max(2, args.warmup_images // batch))  # Compile, warm.
+  rates = {name: [] for name in runners}
+  for _ in range(args.windows):
+    for name, kind, batch in lineup:
+      steps = max(1, args.window_images // batch)
+      seconds = contenders.timed(runners[name].run, steps)
+      rates[name].append(steps * batch / seconds)
+  eval_rates = {}
+  for name in runners:
+    runners[name].evaluate()  # Compile.
+    seconds = min(contenders.timed(runners[name].evaluate) for _ in range(3))
+    eval_rates[name] = len(data.test) / seconds
+  peak = peak_flops()
+  flops = train_flops_per_image()
+  first = {kind: first_step_seconds(kind, args.data_dir)
+           for kind in sorted({k for _, k, _ in lineup})}
+  median = {name: statistics.median(r) for name, r in rates.items()}
+  ref = median.get('reference b32')
+  rows = []
+  for name, kind, batch in lineup:
+    rows.append({
+        'contender': name, 'train_images_per_s': median[name],
+        'windows': rates[name],
+        'ratio_to_reference': median[name] / ref if ref else None,
+        'percent_of_peak': 100 * median[name] * flops / peak,
+        'eval_images_per_s': eval_rates[name],
+        'first_step_s': first[kind]})
+  print(f'\nmachine: {os.cpu_count()} CPU cores; float32 matmul peak '
+        f'{peak / 1e9:.1f} GFLOP/s; CNN training {flops / 1e6:.1f} MFLOP per '
+        f'image (XLA cost analysis); median of {args.windows} windows of '
+        f'{args.window_images} images\n')
+  print('| contender | train images/s | vs reference | % of peak | '
+        'eval images/s | process start to first step (s) |')
+  print('| --- | ---: | ---: | ---: | ---: | ---: |')
+  for r in rows:
+    ratio = f'{r["ratio_to_reference"]:.2f}x' if ref else '-'
+    print(f'| {r["contender"]} | {r["train_images_per_s"]:.0f} | {ratio} | '
+          f'{r["percent_of_peak"]:.1f} | {r["eval_images_per_s"]:.0f} | '
+          f'{r["first_step_s"]:.1f} |')
+  torch_best = max((r for r in rows if r['contender'].startswith('torch')),
+                   key=lambda r: r['train_images_per_s'], default=None)
+  trainer_best = max((r for r in rows
+                      if r['contender'].startswith('trainer')),
+                     key=lambda r: r['train_images_per_s'], default=None)
+  if torch_best and trainer_best:
+    print(f'\nbest trainer ({trainer_best["contender"]}) / best torch '
+          f'({torch_best["contender"]}): '
+          f'{trainer_best["train_images_per_s"] / torch_best["train_images_per_s"]:.2f}x')
+  if ref and 'trainer b32' in median:
+    print(f'trainer b32 / reference b32: {median["trainer b32"] / ref:.2f}x')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'peak_flops': peak, 'train_flops_per_image': flops,
+                 'rows': rows}, f, indent=2)
+
+
+def first_step(args):
+  """Child process of `first_step_seconds` for the non-trainer contenders."""
+  data = load(args.data_dir)
+  runner = contenders.make(args.contender, data, 32)
+  runner.run(1)
+  print('FIRST_STEP_DONE', flush=True)
+
+
+def reference_epochs(args):
+  """Child process: the reference loop for N epochs, test accuracy each."""
+  data = load(args.data_dir)
+  runner = contenders.make('reference', data, 32)
+  steps = len(data.train) // 32
+  for epoch in range(1, args.epochs + 1):
+    runner.run(steps)
+    print(f'EPOCH {epoch} {runner.evaluate():.4f}', flush=True)
+
+
+def time_to_accuracy(args):
+  start = time.perf_counter()
+  proc = subprocess.run(
+      [sys.executable, os.path.join('bench', 'benchmark.py'),
+       '--mode=reference_epochs', f'--epochs={args.epochs}',
+       f'--data_dir={args.data_dir}'], cwd=contenders.ROOT,
+      capture_output=True, text=True, check=True)
+  reference_seconds = time.perf_counter() - start
+  accuracies = [float(l.split()[2]) for l in proc.stdout.splitlines()
+                if l.startswith('EPOCH')]
+  target = accuracies[-1]
+  print(f'reference: {args.epochs} epochs, whole process {reference_seconds:.1f}'
+        f' s, final test accuracy {target:.4f} (per epoch: '
+        f'{", ".join(f"{a:.4f}" for a in accuracies)})', flush=True)
+
+  workdir = f'/tmp/bench-tta-{os.getpid()}'
+  start = time.perf_counter()
+  proc = subprocess.Popen(
+      [sys.executable, 'main.py', f'--workdir={workdir}',
+       f'--config={args.config}', f'--config.data_dir={args.data_dir}'],
+      cwd=contenders.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True)
+  reached = None
+  epoch_re = re.compile(r'epoch ([\d.]+) step \d+: .* test loss [\d.]+ acc '
+                        r'([\d.]+)')
+  for line in proc.stdout:
+    match = epoch_re.search(line)
+    if match and reached is None and float(match.group(2)) >= target:
+      reached = (time.perf_counter() - start, float(match.group(1)),
+                 float(match.group(2)))
+  proc.wait()
+  total = time.perf_counter() - start
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(workdir, ignore_errors=True)
+  if reached is None:
+    print(f'{args.config}: never reached {target:.4f} (whole run {total:.1f}'
+          f' s)')
+    return
+  seconds, epoch, accuracy = reached
+  print(f'{args.config}: test accuracy {accuracy:.4f} >= {target:.4f} after '
+        f'epoch {epoch:g}, {seconds:.1f} s from process start (whole run '
+        f'{total:.1f} s)')
+  print(f'time to reference accuracy: {seconds:.1f} s vs {reference_seconds:.1f}'
+        f' s = {reference_seconds / seconds:.2f}x faster (target >= 5x)')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--mode', default='throughput',
+                      choices=['throughput', 'tta', 'first_step',
+                               'reference_epochs'])
+  parser.add_argument('--data_dir', default=DEFAULT_DATA)
+  parser.add_argument('--windows', type=int, default=5)
+  parser.add_argument('--window_images', type=int, default=12800)
+  parser.add_argument('--warmup_images', type=int, default=3200)
+  parser.add_argument('--only', nargs='*', help='contender kinds to run')
+  parser.add_argument('--contender', default='reference')
+  parser.add_argument('--epochs', type=int, default=10)
+  parser.add_argument('--config', default='configs/fast.py')
+  parser.add_argument('--json', help='also write the table here')
+  args = parser.parse_args()
+  os.chdir(contenders.ROOT)
+  {'throughput': throughput, 'tta': time_to_accuracy,
+   'first_step': first_step, 'reference_epochs': reference_epochs}[args.mode](
+       args)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,213 @@
+"""The training loops the benchmark compares, each behind one interface.
+
+A contender is built with `make(name, data, batch_size)` and offers
+`run(num_steps)`, which trains that many steps and returns only when they
+are finished (so wall time around it is honest), and `evaluate()`.
+
+* `reference`: the Flax quick-start loop, written here from its published
+  description: tf.data over the in-memory arrays with shuffle(1024) and
+  batch 32, a jitted `train_step`, then a separate jitted metrics pass over
+  the same batch, metrics accumulated in the state.
+* `trainer`: this project's own pieces as `train.train_and_evaluate` uses
+  them: `input_pipeline.train_batches`, `Mesh.put_batch`, the donated jitted
+  `train.train_step` with fused loss/accuracy.
+* `torch`: the same CNN and optimiser in PyTorch on the CPU.
+"""
+
+import itertools
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+class Reference:
+  """Flax quick start: tf.data input, train_step then compute_metrics."""
+
+  def __init__(self, data, batch_size, learning_rate=0.01, momentum=0.9,
+               seed=0):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import optax  # pylint: disable=g-import-not-at-top
+    from clu import metrics  # pylint: disable=g-import-not-at-top
+    import flax  # pylint: disable=g-import-not-at-top
+    from flax.training import train_state  # pylint: disable=g-import-not-at-top
+    import models  # pylint: disable=g-import-not-at-top
+
+    tf.random.set_seed(seed)
+    self.data = data
+    self.batch_size = batch_size
+    ds = tf.data.Dataset.from_tensor_slices(
+        {'image': data.train.images, 'label': data.train.labels})
+    ds = ds.repeat().shuffle(1024, seed=seed).batch(batch_size,
+                                                     drop_remainder=True)
+    self.iterator = ds.prefetch(1).as_numpy_iterator()
+
+    @flax.struct.dataclass
+    class Metrics(metrics.Collection):
+      accuracy: metrics.Accuracy
+      loss: metrics.Average.from_output('loss')
+
+    class State(train_state.TrainState):
+      metrics: Metrics
+
+    model = models.CNN(num_classes=10)
+    params = model.init(jax.random.PRNGKey(seed), jnp.ones([1, 28, 28, 1]))[
+        'params']
+    self.state = State.create(apply_fn=model.apply, params=params,
+                              tx=optax.sgd(learning_rate, momentum),
+                              metrics=Metrics.empty())
+
+    @jax.jit
+    def train_step(state, batch):
+      def loss_fn(params):
+        logits = state.apply_fn({'params': params}, batch['image'])
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits=logits, labels=batch['label']).mean()
+      grads = jax.grad(loss_fn)(state.params)
+      return state.apply_gradients(grads=grads)
+
+    @jax.jit
+    def compute_metrics(state, batch):
+      logits = state.apply_fn({'params': state.params}, batch['image'])
+      loss = optax.softmax_cross_entropy_with_integer_labels(
+          logits=logits, labels=batch['label']).mean()
+      update = state.metrics.single_from_model_output(
+          logits=logits, labels=batch['label'], loss=loss)
+      return state.replace(metrics=state.metrics.merge(update))
+
+    @jax.jit
+    def eval_logits(state, images):
+      return state.apply_fn({'params': state.params}, images)
+
+    self._train_step, self._compute_metrics = train_step, compute_metrics
+    self._eval_logits = eval_logits
+    self._jax = jax
+
+  def run(self, num_steps):
+    for batch in itertools.islice(self.iterator, num_steps):
+      self.state = self._train_step(self.state, batch)
+      self.state = self._compute_metrics(self.state, batch)
+    self._jax.block_until_ready(self.state)
+
+  def evaluate(self):
+    # The quick start evaluates in batches of its batch size and drops the
+    # remainder; here full-size batches, counting every example.
+    correct = 0
+    test = self.data.test
+    for start in range(0, len(test), 1000):
+      logits = self._eval_logits(self.state, test.images[start:start + 1000])
+      correct += int((np.asarray(logits).argmax(-1) ==
+                      test.labels[start:start + 1000]).sum())
+    return correct / len(test)
+
+
+class Trainer:
+  """This project's loop pieces, as train.train_and_evaluate uses them."""
+
+  def __init__(self, data, batch_size, learning_rate=0.01, momentum=0.9,
+               seed=0, model='cnn'):
+    import jax  # pylint: disable=g-import-not-at-top
+    import input_pipeline  # pylint: disable=g-import-not-at-top
+    import models  # pylint: disable=g-import-not-at-top
+    import train  # pylint: disable=g-import-not-at-top
+
+    self.data, self.batch_size, self.seed = data, batch_size, seed
+    self.mesh = train.Mesh()
+    tx = train.create_optimizer('sgd', learning_rate, momentum, 0.0)
+    self.state = self.mesh.put_replicated(train.create_train_state(
+        models.create_model(model, 10), tx, (28, 28, 1), seed))
+    self._step = jax.jit(train.train_step, donate_argnums=0,
+                         out_shardings=self.mesh.replicated)
+    self._eval = jax.jit(train.eval_step, out_shardings=self.mesh.replicated)
+    self._next_step = 0
+    self._jax, self._input_pipeline, self._train = jax, input_pipeline, train
+
+  def run(self, num_steps):
+    batches = self._input_pipeline.train_batches(
+        self.data.train, self.batch_size, self.seed, self._next_step,
+        num_steps)
+    for images, labels in batches:
+      self.state = self._step(self.state,
+                              *self.mesh.put_batch(images, labels))
+    self._next_step += num_steps
+    self._jax.block_until_ready(self.state)
+
+  def evaluate(self):
+    return self._train.evaluate(self._eval, self.state, self.data.test, 1000,
+                                self.mesh)['accuracy']
+
+
+class Torch:
+  """The quick-start CNN and SGD with momentum in PyTorch, on the CPU."""
+
+  def __init__(self, data, batch_size, learning_rate=0.01, momentum=0.9,
+               seed=0):
+    import torch  # pylint: disable=g-import-not-at-top
+    from torch import nn  # pylint: disable=g-import-not-at-top
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(os.cpu_count())
+    self.torch, self.data, self.batch_size = torch, data, batch_size
+    # NCHW copies once, so the loop only indexes.
+    self.images = torch.from_numpy(
+        np.ascontiguousarray(data.train.images.transpose(0, 3, 1, 2)))
+    self.labels = torch.from_numpy(data.train.labels.astype(np.int64))
+    self.model = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(),
+        nn.Linear(256, 10))
+    self.optimizer = torch.optim.SGD(self.model.parameters(),
+                                     lr=learning_rate, momentum=momentum)
+    self.loss_fn = nn.CrossEntropyLoss()
+    self.generator = torch.Generator().manual_seed(seed)
+    self.perm, self.position = None, 0
+
+  def _indices(self):
+    n = len(self.labels)
+    if self.perm is None or self.position + self.batch_size > n:
+      self.perm = self.torch.randperm(n, generator=self.generator)
+      self.position = 0
+    idx = self.perm[self.position:self.position + self.batch_size]
+    self.position += self.batch_size
+    return idx
+
+  def run(self, num_steps):
+    self.model.train()
+    for _ in range(num_steps):
+      idx = self._indices()
+      logits = self.model(self.images[idx])
+      loss = self.loss_fn(logits, self.labels[idx])
+      # Accuracy from the same logits, as the trainer does.
+      (logits.detach().argmax(1) == self.labels[idx]).float().mean()
+      self.optimizer.zero_grad(set_to_none=True)
+      loss.backward()
+      self.optimizer.step()
+
+  def evaluate(self):
+    self.model.eval()
+    test = self.data.test
+    images = self.torch.from_numpy(
+        np.ascontiguousarray(test.images.transpose(0, 3, 1, 2)))
+    with self.torch.no_grad():
+      predictions = self.model(images).argmax(1).numpy()
+    return float((predictions == test.labels).mean())
+
+
+CONTENDERS = {'reference': Reference, 'trainer': Trainer, 'torch': Torch}
+
+
+def make(name, data, batch_size, **kwargs):
+  return CONTENDERS[name](data, batch_size, **kwargs)
+
+
+def timed(fn, *args):
+  start = time.perf_counter()
+  fn(*args)
+  return time.perf_counter() - start

@@ -1,0 +1,68 @@
+"""Joins JAX's distributed runtime when a run spans several processes.
+
+Three cases, decided once at start-up before JAX touches a device:
+  * explicit flags (`--coordinator_address`, `--num_processes`,
+    `--process_id`): join that job;
+  * a cluster JAX detects by itself (SLURM with several tasks, Open MPI):
+    `jax.distributed.initialize()` reads it from the environment;
+  * otherwise: a plain single-process run.
+"""
+
+import os
+from typing import Optional
+
+from absl import logging
+import jax
+
+
+class DistributedError(ValueError):
+  """Inconsistent multi-process flags."""
+
+
+def cluster_detected() -> bool:
+  """True when launched as one task of several by SLURM or Open MPI."""
+  slurm = 'SLURM_JOB_ID' in os.environ and int(
+      os.environ.get('SLURM_NTASKS', '1')) > 1
+  ompi = int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+  return slurm or ompi
+
+
+def initialize(coordinator_address: Optional[str],
+               num_processes: Optional[int], process_id: Optional[int],
+               heartbeat_timeout_seconds: int) -> bool:
+  """Calls jax.distributed.initialize when the run is multi-process.
+
+  Args:
+    coordinator_address: HOST:PORT of process 0, or None.
+    num_processes: total number of processes, or None.
+    process_id: this process's index in [0, num_processes), or None.
+    heartbeat_timeout_seconds: a process silent this long is declared dead
+      and the others stop with an error instead of waiting for it.
+
+  Returns:
+    Whether the distributed runtime was initialised.
+  """
+  given = {'coordinator_address': coordinator_address,
+           'num_processes': num_processes, 'process_id': process_id}
+  if any(v is not None for v in given.values()):
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+      raise DistributedError(
+          f'--{" --".join(missing)} missing: a multi-process run needs all '
+          f'of --coordinator_address, --num_processes and --process_id')
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+      raise DistributedError(
+          f'--process_id={process_id} must be in [0, --num_processes='
+          f'{num_processes})')
+  elif not cluster_detected():
+    return False
+  # Cross-process collectives on CPU need an implementation; GPUs use NCCL.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes,
+      process_id=process_id,
+      heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+  logging.info('Process %d of %d; %d local of %d global devices',
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+  return True

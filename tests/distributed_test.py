@@ -1,0 +1,196 @@
+"""Data parallelism over several devices and processes, in real subprocesses.
+
+Tolerance: a run on N devices sums each gradient as N per-device partial sums
+followed by an all-reduce, where one device sums the batch in one go. Float32
+addition is not associative, so the parameters differ by a few ulps per step;
+after this test's 96 steps the largest difference measured was 1.2e-7 (on
+weights of magnitude up to 0.84). We allow ATOL = 1e-5, about 100x that, and
+far below any real change (one SGD step moves weights by ~1e-3).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import conftest
+import distributed
+
+ATOL = 1e-5
+METRIC_RTOL = 1e-4
+TIMEOUT = 300
+STEPS = 96
+
+
+def device_env(count):
+  return {'XLA_FLAGS': f'--xla_force_host_platform_device_count={count}'}
+
+
+def command(workdir, data_dir, *extra):
+  return [sys.executable, 'main.py', f'--workdir={workdir}',
+          '--config=configs/default.py', f'--config.data_dir={data_dir}',
+          '--config.batch_size=8', '--config.eval_batch_size=20',
+          f'--config.num_train_steps={STEPS}', '--config.log_every_steps=10',
+          '--config.checkpoint_every_steps=24', *extra]
+
+
+def run(workdir, data_dir, devices=1, fault=None, extra=()):
+  env = dict(os.environ, **device_env(devices))
+  if fault:
+    env['TRAINER_FAULT'] = fault
+  return subprocess.run(command(workdir, data_dir, *extra), cwd=conftest.ROOT,
+                        capture_output=True, text=True, timeout=TIMEOUT,
+                        env=env)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def run_processes(workdir, data_dir, faults=(None, None)):
+  """Two processes x 2 CPU devices on 127.0.0.1; returns their results."""
+  port = free_port()
+  procs = []
+  for pid, fault in enumerate(faults):
+    env = dict(os.environ, **device_env(2))
+    if fault:
+      env['TRAINER_FAULT'] = fault
+    procs.append(subprocess.Popen(
+        command(workdir, data_dir, f'--coordinator_address=127.0.0.1:{port}',
+                '--num_processes=2', f'--process_id={pid}',
+                '--heartbeat_timeout_seconds=10'),
+        cwd=conftest.ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True))
+  results, deadline = [], time.time() + TIMEOUT
+  try:
+    for p in procs:
+      _, err = p.communicate(timeout=max(1, deadline - time.time()))
+      results.append((p.returncode, err))
+  finally:
+    for p in procs:
+      p.kill()
+  return results
+
+
+def load_params(workdir):
+  """Final parameters as numpy arrays, whatever topology saved them."""
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
+                                                         'checkpoints'))
+                 if s.isdigit())
+  path = os.path.join(workdir, 'checkpoints', str(steps[-1]), 'state')
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  restore_args = jax.tree.map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  state = checkpointer.restore(
+      path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  return steps[-1], state['params']
+
+
+def assert_close_runs(workdir, reference):
+  step_a, params_a = load_params(workdir)
+  step_b, params_b = load_params(reference)
+  assert step_a == step_b == STEPS
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=ATOL)
+  summary_a = json.load(open(os.path.join(workdir, 'summary.json')))
+  summary_b = json.load(open(os.path.join(reference, 'summary.json')))
+  for key in ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy'):
+    np.testing.assert_allclose(summary_a[key], summary_b[key],
+                               rtol=METRIC_RTOL, err_msg=key)
+  assert len(summary_a['history']) == len(summary_b['history'])
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return conftest.make_idx_dir(str(tmp_path_factory.mktemp('data')),
+                               num_train=256, num_test=50)
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp('one_device'))
+  result = run(workdir, data_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def test_flags_must_come_together():
+  with pytest.raises(distributed.DistributedError, match='--num_processes'):
+    distributed.initialize('127.0.0.1:1234', None, 0, 10)
+  with pytest.raises(distributed.DistributedError, match='--process_id=2'):
+    distributed.initialize('127.0.0.1:1234', 2, 2, 10)
+
+
+def test_plain_run_stays_single_process(monkeypatch):
+  for name in ('SLURM_JOB_ID', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+    monkeypatch.delenv(name, raising=False)
+  assert not distributed.cluster_detected()
+  assert not distributed.initialize(None, None, None, 10)
+  monkeypatch.setenv('SLURM_JOB_ID', '7')
+  monkeypatch.setenv('SLURM_NTASKS', '4')
+  assert distributed.cluster_detected()
+
+
+def test_four_devices_match_one_device(tmp_path, data_dir, reference):
+  workdir = str(tmp_path / 'four')
+  result = run(workdir, data_dir, devices=4)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'batch 8 on 4 devices' in result.stderr
+  assert_close_runs(workdir, reference)
+
+
+@pytest.mark.parametrize('before,after', [(4, 1), (1, 2)])
+def test_checkpoint_restores_on_another_device_count(tmp_path, data_dir,
+                                                     reference, before,
+                                                     after):
+  workdir = str(tmp_path / 'w')
+  killed = run(workdir, data_dir, devices=before, fault='kill:step:60')
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  resumed = run(workdir, data_dir, devices=after)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resumed from step' in resumed.stderr
+  assert f'on {after} devices' in resumed.stderr
+  assert_close_runs(workdir, reference)
+
+
+@pytest.mark.slow
+def test_two_processes_killed_resumed_match_one_process(tmp_path, data_dir,
+                                                        reference):
+  workdir = str(tmp_path / 'w')
+  # Process 1 dies at step 50; process 0 must notice and exit, not hang.
+  start = time.time()
+  results = run_processes(workdir, data_dir, faults=(None, 'kill:step:50'))
+  assert results[1][0] == -signal.SIGKILL
+  assert results[0][0] != 0, 'the surviving process must stop with an error'
+  assert 'another task died' in results[0][1] or (
+      'stopped sending heartbeats' in results[0][1]), results[0][1][-3000:]
+  assert time.time() - start < TIMEOUT
+  results = run_processes(workdir, data_dir)
+  for code, err in results:
+    assert code == 0, err[-3000:]
+  assert 'Resumed from step' in results[0][1]
+  assert_close_runs(workdir, reference)
+
+
+@pytest.mark.slow
+def test_two_process_checkpoint_restores_on_one_device(tmp_path, data_dir,
+                                                       reference):
+  workdir = str(tmp_path / 'w')
+  results = run_processes(workdir, data_dir, faults=('kill:step:60',
+                                                     'kill:step:60'))
+  assert [code for code, _ in results] == [-signal.SIGKILL] * 2
+  resumed = run(workdir, data_dir, devices=1)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'Resumed from step' in resumed.stderr
+  assert_close_runs(workdir, reference)
