@@ -20,6 +20,7 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 UNREADABLE_DIR = 'checkpoints_unreadable'
 
@@ -72,7 +73,8 @@ def finished_steps(directory: str) -> list[int]:
                                                                  name)))
 
 
-def _restore_step(directory: str, step: int, abstract_state, wanted: dict):
+def restore_step(directory: str, step: int, abstract_state, wanted: dict):
+  """Restores checkpoint `step` (state, meta); raises if it cannot."""
   path = os.path.join(directory, str(step))
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   try:
@@ -128,7 +130,7 @@ def restore_latest(directory: str, abstract_state, wanted: dict
   failures = []
   for step in reversed(steps):
     try:
-      state, meta = _restore_step(directory, step, abstract_state, wanted)
+      state, meta = restore_step(directory, step, abstract_state, wanted)
     except IncompatibleCheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-except
@@ -156,18 +158,29 @@ def restore_latest(directory: str, abstract_state, wanted: dict
 
 
 def create_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
+  """Keeps the newest `max_to_keep` checkpoints and the best by test accuracy.
+
+  Only checkpoints saved right after an evaluation carry the metric, so the
+  best one holds exactly the state that was evaluated.
+  """
+  policy = preservation_policy.AnyPreservationPolicy([
+      preservation_policy.LatestN(n=max_to_keep),
+      preservation_policy.BestN(
+          get_metric_fn=lambda m: m['test_accuracy'], n=1,
+          keep_checkpoints_without_metrics=False)])
   return ocp.CheckpointManager(
       directory, item_names=('state', 'meta'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+      options=ocp.CheckpointManagerOptions(preservation_policy=policy,
                                            create=True))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, meta: dict):
+def save(manager: ocp.CheckpointManager, step: int, state, meta: dict,
+         metrics: Optional[dict] = None):
   """Starts an asynchronous save; errors of earlier saves surface here."""
   try:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                 force=True)
+                 metrics=metrics, force=True)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(_write_failure(manager, step, e)) from e
 

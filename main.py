@@ -1,8 +1,11 @@
-"""Command line: flags only, then `train.train_and_evaluate(config, workdir)`.
+"""Command line: flags only, then hands over to train.py or inference.py.
 
   python main.py --workdir=W --config=configs/default.py [--config.KEY=VALUE]
+  python main.py --mode=eval --workdir=W [--checkpoint=latest|best|STEP]
+  python main.py --mode=predict --workdir=W IMAGE [IMAGE ...]
 """
 
+import logging as std_logging
 import re
 import sys
 
@@ -26,7 +29,12 @@ flags.DEFINE_integer('process_id', None, 'Index of this process, from 0.')
 flags.DEFINE_integer('heartbeat_timeout_seconds', 60, 'In a multi-process '
                      'run, a process silent this long is declared dead and '
                      'the others exit with an error.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
+                  'train (and resume); eval: score a checkpoint on the test '
+                  'split; predict: classify image files.')
+flags.DEFINE_string('checkpoint', 'latest', 'For eval/predict: latest, best '
+                    'or a step number.')
+flags.mark_flags_as_required(['workdir'])
 
 
 def parse_flags(argv):
@@ -43,6 +51,11 @@ def parse_flags(argv):
     _fail(f"unknown config key '{key.group(0) if key else e}'" +
           (f" (did you mean '{hint.group(1)}'?)" if hint else '') +
           '; the accepted keys are those in configs/default.py')
+  if FLAGS.config is None:
+    if FLAGS.mode == 'train':
+      _fail('--config is required to train (e.g. '
+            '--config=configs/fashion_mnist.py)')
+    return argv
   try:
     FLAGS.config.to_dict()  # A config file that failed to load raises here.
   except OSError as e:
@@ -58,15 +71,17 @@ def _fail(message):
 
 def _quiet_library_info(record) -> bool:
   """Drops INFO chatter of Orbax's internals (tens of lines per save)."""
-  return record.levelno > logging.INFO or '/orbax/' not in record.pathname
+  return (record.levelno > std_logging.INFO or
+          '/orbax/' not in record.pathname)
 
 
 def main(argv):
-  if len(argv) > 1:
+  if len(argv) > 1 and FLAGS.mode != 'predict':
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_logger().addFilter(_quiet_library_info)
   import checkpointing  # pylint: disable=g-import-not-at-top
   import distributed  # pylint: disable=g-import-not-at-top
+  import inference  # pylint: disable=g-import-not-at-top
   import input_pipeline  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
   try:
@@ -75,11 +90,27 @@ def main(argv):
   except distributed.DistributedError as e:
     _fail(str(e))
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.mode == 'train':
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      return
+    config = FLAGS.config or inference.load_config(FLAGS.workdir)
+    if FLAGS.mode == 'eval':
+      report = inference.evaluate_checkpoint(config, FLAGS.workdir,
+                                             FLAGS.checkpoint)
+      print(inference.format_report(report))
+      return
+    if len(argv) < 2:
+      _fail('--mode=predict needs image files: main.py --mode=predict '
+            '--workdir=W IMAGE [IMAGE ...]')
+    lines, failed = inference.predict_files(config, FLAGS.workdir, argv[1:],
+                                            FLAGS.checkpoint)
+    print('\n'.join(lines))
+    if failed:
+      sys.exit(1)
   except (train.ConfigError, input_pipeline.DataError,
-          checkpointing.IncompatibleCheckpointError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+          checkpointing.IncompatibleCheckpointError,
+          inference.InferenceError) as e:
+    _fail(str(e))
   except (train.DivergenceError, checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -48,3 +48,42 @@ def plot_predictions(images: np.ndarray, labels: np.ndarray,
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def plot_sweep(histories: dict, path: str):
+  """Test accuracy per epoch of every finished trial in one chart."""
+  fig, ax = plt.subplots(figsize=(9, 5))
+  for name, history in histories.items():
+    ax.plot([h['epoch'] for h in history],
+            [h['test_accuracy'] for h in history], 'o-', label=name)
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('test accuracy')
+  ax.set_title('Sweep: test accuracy per epoch')
+  ax.grid(alpha=0.3)
+  if histories:
+    ax.legend(fontsize=8, loc='lower right')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_confusion(confusion: np.ndarray, class_names: Sequence[str],
+                   path: str):
+  """Confusion matrix: rows true class, columns predicted, counts shown."""
+  n = len(class_names)
+  fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.8 + 0.6 * n))
+  ax.imshow(confusion, cmap='Blues')
+  ax.set_xticks(range(n), class_names, rotation=45, ha='right', fontsize=8)
+  ax.set_yticks(range(n), class_names, fontsize=8)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  top = confusion.max() or 1
+  for i in range(n):
+    for j in range(n):
+      ax.text(j, i, str(confusion[i, j]), ha='center', va='center',
+              fontsize=7, color='white' if confusion[i, j] > top / 2
+              else 'black')
+  ax.set_title('Confusion matrix (test split)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

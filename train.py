@@ -134,9 +134,12 @@ def create_optimizer(name: str, learning_rate: optax.ScalarOrSchedule,
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                        image_shape, seed: int) -> TrainState:
-  """Initialises parameters and optimizer state on the host."""
+  """Initialises parameters and optimizer state, deterministically in seed."""
   init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
-  params = model.init(init_rng, jnp.ones((1,) + tuple(image_shape)))['params']
+  dummy = jnp.ones((1,) + tuple(image_shape))
+  # One compiled program instead of dozens of op-by-op dispatches (each
+  # compiled on first use): seconds off every start.
+  params = jax.jit(lambda key: model.init(key, dummy)['params'])(init_rng)
   state = TrainState.create(
       apply_fn=model.apply, params=params, tx=tx, rng=rng,
       epoch_metrics=TrainMetrics.empty(), window_metrics=TrainMetrics.empty(),
@@ -195,12 +198,26 @@ class Mesh:
     return jax.device_put(tree, self.replicated)
 
 
+def one_step_in_flight() -> bool:
+  """Whether to wait for each step before dispatching the next.
+
+  Several CPU devices in one process (XLA_FLAGS=--xla_force_host_platform_
+  device_count=N) share one small thread pool; with many steps queued, their
+  all-reduces were seen to deadlock on a 2-core machine. GPUs and a single
+  CPU device keep JAX's asynchronous dispatch.
+  """
+  return jax.default_backend() == 'cpu' and jax.local_device_count() > 1
+
+
 def evaluate(eval_fn, state, split, batch_size, mesh: Mesh) -> dict:
   """Mean loss and accuracy over every example of `split`, exactly once."""
   total = None
+  wait = one_step_in_flight()
   for images, labels, mask in input_pipeline.eval_batches(
       split, batch_size, jax.process_index(), jax.process_count()):
     batch_metrics = eval_fn(state, *mesh.put_batch(images, labels, mask))
+    if wait:
+      jax.block_until_ready(batch_metrics)
     total = batch_metrics if total is None else total.merge(batch_metrics)
     _inject_fault('eval', int(state.step))
   return {k: float(v) for k, v in total.compute().items()}
@@ -419,6 +436,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     )(jnp.ones([1] + image_shape)))
   if is_main:
     _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    _write_json(os.path.join(workdir, 'dataset.json'), {
+        'dataset': config.dataset, 'source': dataset.source,
+        'image_shape': image_shape, 'num_classes': dataset.num_classes,
+        'class_names': list(dataset.class_names)})
 
   # Outputs are pinned replicated, so the state keeps one sharding and the
   # metrics can be read on every process.
@@ -434,23 +455,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   batches = input_pipeline.train_batches(
       dataset.train, config.batch_size, config.seed, start_step,
       total_steps - start_step, jax.process_index(), jax.process_count())
+  wait_each_step = one_step_in_flight()
   session_start = time.time()
   window_start, window_steps = time.time(), 0
   train_seconds = elapsed['train_seconds']
 
-  def save_checkpoint(step):
+  def save_checkpoint(step, metrics=None):
     _check_finite(state, checkpoint_dir)
     writer.flush()  # Points up to `step` are on disk before its checkpoint.
     meta = {'history': history, 'signature': wanted, 'elapsed': {
         'train_seconds': train_seconds,
         'wall_seconds': elapsed['wall_seconds'] + time.time() - session_start}}
-    checkpointing.save(manager, step, state, meta)
+    checkpointing.save(manager, step, state, meta, metrics)
     _inject_fault('checkpoint', step)
 
   with PreemptionHandler() as preemption, _finish_saves_on_error(manager):
     for step in range(start_step, total_steps):
       images, labels = next(batches)
       state = p_train_step(state, *mesh.put_batch(images, labels))
+      if wait_each_step:
+        jax.block_until_ready(state)
       window_steps += 1
       done = step + 1
       if step == start_step:
@@ -500,7 +524,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               epoch_metrics=mesh.put_replicated(TrainMetrics.empty()))
 
       stop = preemption.requested(every_step=not log_now)
-      if done % config.checkpoint_every_steps == 0 or is_last or stop:
+      if epoch_end:
+        # Every evaluated state is saved with its score, so the best one can
+        # be kept (checkpointing.create_manager) and restored exactly.
+        save_checkpoint(done, {'test_accuracy': history[-1]['test_accuracy']})
+      elif done % config.checkpoint_every_steps == 0 or stop:
         save_checkpoint(done)
       if stop and not is_last:
         checkpointing.wait(manager)
@@ -534,11 +562,14 @@ def _write_results(workdir, config, dataset, history, state, mesh, is_main,
                    *, wall_seconds, train_seconds, total_steps) -> dict:
   """Writes summary.json, metrics.png and predictions.png; returns summary."""
   final = history[-1]
+  # Latest among equals, as Orbax's BestN keeps.
+  best = max(reversed(history), key=lambda h: h['test_accuracy'])
   summary = {
       'final_step': total_steps, 'epoch': final['epoch'],
       'train_loss': final['train_loss'],
       'train_accuracy': final['train_accuracy'],
       'test_loss': final['test_loss'], 'test_accuracy': final['test_accuracy'],
+      'best_step': best['step'], 'best_test_accuracy': best['test_accuracy'],
       'wall_seconds': wall_seconds, 'train_seconds': train_seconds,
       'train_images_per_second':
           total_steps * config.batch_size / train_seconds,

@@ -132,9 +132,12 @@ class Trainer:
     batches = self._input_pipeline.train_batches(
         self.data.train, self.batch_size, self.seed, self._next_step,
         num_steps)
+    wait = self._train.one_step_in_flight()
     for images, labels in batches:
       self.state = self._step(self.state,
                               *self.mesh.put_batch(images, labels))
+      if wait:
+        self._jax.block_until_ready(self.state)
     self._next_step += num_steps
     self._jax.block_until_ready(self.state)
 

@@ -1,0 +1,205 @@
+"""Using a trained model: score a checkpoint, classify image files.
+
+`evaluate_checkpoint` restores a checkpoint of a workdir and evaluates the
+test split exactly as training does (same function, same batches), adding a
+per-class table and a confusion matrix. `predict_files` classifies PNG/JPEG
+files of any size after converting them like the training data.
+"""
+
+import json
+import os
+from typing import Optional, Sequence
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+import checkpointing
+import input_pipeline
+import models
+import plots
+import train
+
+
+class InferenceError(ValueError):
+  """A workdir or checkpoint that cannot be used; the message says why."""
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training run in `workdir` saved (config.json)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise InferenceError(f'{workdir} has no config.json: not a training '
+                         f'workdir (train first, or give --config)')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_dataset_info(workdir: str) -> dict:
+  path = os.path.join(workdir, 'dataset.json')
+  if not os.path.isfile(path):
+    raise InferenceError(f'{workdir} has no dataset.json; train with this '
+                         f'version first')
+  with open(path) as f:
+    return json.load(f)
+
+
+def resolve_step(workdir: str, checkpoint: str) -> int:
+  """'latest', 'best' or a step number -> an existing checkpoint step."""
+  directory = os.path.join(workdir, 'checkpoints')
+  steps = checkpointing.finished_steps(directory)
+  if not steps:
+    raise InferenceError(f'no checkpoints in {directory}')
+  if checkpoint == 'latest':
+    return steps[-1]
+  if checkpoint == 'best':
+    summary_path = os.path.join(workdir, 'summary.json')
+    if not os.path.isfile(summary_path):
+      raise InferenceError(f'{workdir} has no summary.json yet, so no best '
+                           f'checkpoint; use --checkpoint=latest')
+    with open(summary_path) as f:
+      best = json.load(f)['best_step']
+    if best not in steps:
+      raise InferenceError(f'best checkpoint (step {best}) is missing from '
+                           f'{directory}; have {steps}')
+    return best
+  if not checkpoint.isdigit() or int(checkpoint) not in steps:
+    raise InferenceError(f'--checkpoint={checkpoint!r}: accepted are latest, '
+                         f'best or one of the steps {steps}')
+  return int(checkpoint)
+
+
+def restore(workdir: str, config: ml_collections.ConfigDict, step: int,
+            info: dict, mesh: train.Mesh):
+  """Restores the TrainState of checkpoint `step`."""
+  image_shape = list(info['image_shape'])
+  model = models.create_model(config.model, info['num_classes'])
+  # Only the optimizer state's structure matters here (it is restored, not
+  # used), and a schedule adds a step count to it: build it as training did.
+  lr_fn = train.create_learning_rate_fn(config.lr_schedule,
+                                        config.learning_rate, 1, 0)
+  tx = train.create_optimizer(config.optimizer, lr_fn, config.momentum,
+                              config.weight_decay)
+  state = mesh.put_replicated(
+      train.create_train_state(model, tx, image_shape, config.seed))
+  wanted = checkpointing.signature(
+      state, model=config.model, image_shape=image_shape,
+      num_classes=info['num_classes'])
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      state)
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  try:
+    state, _ = checkpointing.restore_step(directory, step, abstract, wanted)
+  except checkpointing.IncompatibleCheckpointError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise InferenceError(f'checkpoint {step} in {directory} cannot be '
+                         f'restored: {type(e).__name__}: '
+                         f'{str(e).splitlines()[0][:200]}') from e
+  return state
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        checkpoint: str = 'latest') -> dict:
+  """Evaluates a checkpoint on the test split; writes eval.json/confusion.png.
+
+  Args:
+    config: the run's config (see load_config); data keys may differ.
+    workdir: the training workdir.
+    checkpoint: 'latest', 'best' or a step.
+
+  Returns:
+    The report also written to workdir/eval.json.
+  """
+  info = load_dataset_info(workdir)
+  step = resolve_step(workdir, checkpoint)
+  dataset = input_pipeline.load_dataset(config.dataset, config.data_dir)
+  mesh = train.Mesh()
+  state = restore(workdir, config, step, info, mesh)
+  eval_fn = jax.jit(train.eval_step, out_shardings=mesh.replicated)
+  metrics = train.evaluate(eval_fn, state, dataset.test,
+                           config.eval_batch_size, mesh)
+  predict = jax.jit(lambda s, x: train.predict_step(s, x).argmax(-1))
+  predictions = []
+  for images, _, mask in input_pipeline.eval_batches(
+      dataset.test, config.eval_batch_size, jax.process_index(),
+      jax.process_count()):
+    batch = multihost_utils.process_allgather(
+        predict(state, *mesh.put_batch(images)), tiled=True)
+    predictions.append(np.asarray(batch))
+  predictions = np.concatenate(predictions)[:len(dataset.test)]
+  labels = dataset.test.labels
+  n = info['num_classes']
+  confusion = np.zeros((n, n), np.int64)
+  np.add.at(confusion, (labels, predictions), 1)
+  names = info['class_names']
+  per_class = {names[c]: {
+      'accuracy': float(confusion[c, c] / max(1, confusion[c].sum())),
+      'examples': int(confusion[c].sum())} for c in range(n)}
+  report = {'checkpoint_step': step, 'checkpoint': checkpoint,
+            'split': 'test', 'examples': int(len(labels)),
+            'loss': metrics['loss'], 'accuracy': metrics['accuracy'],
+            'per_class': per_class, 'class_names': names,
+            'confusion_matrix': confusion.tolist()}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump(report, f, indent=2)
+    plots.plot_confusion(confusion, names,
+                         os.path.join(workdir, 'confusion.png'))
+  return report
+
+
+def format_report(report: dict) -> str:
+  lines = [f'checkpoint {report["checkpoint_step"]} on {report["examples"]} '
+           f'test examples: loss {report["loss"]:.4f}, accuracy '
+           f'{report["accuracy"]:.4f}', 'per-class accuracy:']
+  for name, row in report['per_class'].items():
+    lines.append(f'  {name:<14} {row["accuracy"]:.4f}  ({row["examples"]})')
+  return '\n'.join(lines)
+
+
+def load_image(path: str, image_shape: Sequence[int]) -> np.ndarray:
+  """A PNG/JPEG file -> float32 (H, W, C) in [0, 1], like training data."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  height, width, channels = image_shape
+  with Image.open(path) as image:
+    image = image.convert('L' if channels == 1 else 'RGB')
+    image = image.resize((width, height), Image.BILINEAR)
+    array = np.asarray(image, np.uint8)
+  if channels == 1:
+    array = array[..., None]
+  return input_pipeline.to_float(array)
+
+
+def predict_files(config: ml_collections.ConfigDict, workdir: str,
+                  paths: Sequence[str], checkpoint: str = 'latest',
+                  top_k: int = 3) -> tuple[list[str], list[str]]:
+  """Classifies image files; returns (output lines, failed paths)."""
+  info = load_dataset_info(workdir)
+  step = resolve_step(workdir, checkpoint)
+  images, results, failed, ok_paths = [], {}, [], []
+  for path in paths:
+    try:
+      images.append(load_image(path, info['image_shape']))
+      ok_paths.append(path)
+    except Exception as e:  # pylint: disable=broad-except
+      # PIL raises many types for unreadable or non-image files.
+      failed.append(path)
+      results[path] = (f'{path}: error: cannot read image '
+                       f'({type(e).__name__}: {str(e)[:120]})')
+  if images:
+    mesh = train.Mesh()
+    state = restore(workdir, config, step, info, mesh)
+    logits = jax.jit(train.predict_step)(state, jnp.asarray(np.stack(images)))
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    names = info['class_names']
+    for path, p in zip(ok_paths, probs):
+      top = np.argsort(-p, kind='stable')[:top_k]
+      results[path] = f'{path}: ' + ', '.join(
+          f'{names[c]} {p[c]:.3f}' for c in top)
+  logging.info('Predicted with checkpoint %d of %s', step, workdir)
+  return [results[p] for p in paths], failed
