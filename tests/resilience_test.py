@@ -28,13 +28,17 @@ TIMING_TAGS = {'images_per_second', 'steps_per_sec', 'uptime'}
 TOTAL_STEPS = 96  # 256 examples / batch 8 = 32 steps per epoch: 3 epochs.
 
 
-def run_main(workdir, data_dir, *overrides, env=None, timeout=TIMEOUT):
-  args = [sys.executable, 'main.py', f'--workdir={workdir}',
+def main_args(workdir, data_dir, *overrides):
+  return [sys.executable, 'main.py', f'--workdir={workdir}',
           '--config=configs/default.py', f'--config.data_dir={data_dir}',
           '--config.batch_size=8', '--config.eval_batch_size=20',
           f'--config.num_train_steps={TOTAL_STEPS}',
           '--config.log_every_steps=10', '--config.checkpoint_every_steps=24',
           '--config.max_checkpoints_to_keep=10', *overrides]
+
+
+def run_main(workdir, data_dir, *overrides, env=None, timeout=TIMEOUT):
+  args = main_args(workdir, data_dir, *overrides)
   return subprocess.run(args, cwd=conftest.ROOT, capture_output=True,
                         text=True, timeout=timeout,
                         env=dict(os.environ, **(env or {})))
@@ -115,8 +119,7 @@ def test_kill_then_resume_is_bitwise_identical(tmp_path, data_dir, reference,
 
 @pytest.mark.slow
 @pytest.mark.parametrize('point,step', [
-    ('step', 1), ('log', 40), ('step', 48), ('checkpoint', 24),
-    ('eval', 32), ('step', 95), ('checkpoint', 96), ('eval', 96),
+    ('step', 1), ('log', 40), ('checkpoint', 24), ('eval', 96),
 ])
 def test_kill_point_sweep(tmp_path, data_dir, reference, point, step):
   workdir = str(tmp_path / 'w')
@@ -136,13 +139,8 @@ def test_twice_killed_run_still_matches(tmp_path, data_dir, reference):
 
 
 def _start(workdir, data_dir, *overrides):
-  args = [sys.executable, 'main.py', f'--workdir={workdir}',
-          '--config=configs/default.py', f'--config.data_dir={data_dir}',
-          '--config.batch_size=8', '--config.eval_batch_size=20',
-          f'--config.num_train_steps={TOTAL_STEPS}',
-          '--config.log_every_steps=10', '--config.checkpoint_every_steps=24',
-          '--config.max_checkpoints_to_keep=10', *overrides]
-  return subprocess.Popen(args, cwd=conftest.ROOT, stderr=subprocess.PIPE,
+  return subprocess.Popen(main_args(workdir, data_dir, *overrides),
+                          cwd=conftest.ROOT, stderr=subprocess.PIPE,
                           text=True)
 
 
@@ -150,8 +148,8 @@ def _start(workdir, data_dir, *overrides):
 def test_signal_saves_checkpoint_then_resumes_exactly(tmp_path, data_dir,
                                                       reference, sig):
   workdir = str(tmp_path / 'w')
-  # A step-kill hook that only slows nothing; the signal comes from outside
-  # once the first training log line shows the loop is running.
+  # The signal comes from outside, once the first training log line shows
+  # that the loop is running.
   proc = _start(workdir, data_dir)
   lines, deadline = [], time.time() + TIMEOUT
   try:
@@ -259,8 +257,7 @@ def test_incompatible_config_is_refused_compatible_continues(tmp_path,
 
 def test_divergence_stops_without_saving_nonfinite_state(tmp_path, data_dir):
   workdir = str(tmp_path / 'w')
-  # lr 1e5 blows up within a few steps after a clean first checkpoint? Start
-  # from a good checkpoint, then diverge on the continued run.
+  # Start from good checkpoints, then diverge in the continued run.
   assert run_main(workdir, data_dir,
                   '--config.num_train_steps=24').returncode == 0
   result = run_main(workdir, data_dir, '--config.learning_rate=1e6')

@@ -93,7 +93,7 @@ def test_sweep_runs_resumes_and_reports(tmp_path, data_dir):
 
   # Again: nothing is retrained.
   mtime = os.path.getmtime(os.path.join(trial_dir, 'summary.json'))
-  again = run_sweep_cli(workdir, data_dir)
+  again = run_sweep_cli(workdir, data_dir, '--parallel=2')
   assert again.returncode == 0
   assert again.stdout.count('done, skipped') == 4
   assert os.path.getmtime(os.path.join(trial_dir, 'summary.json')) == mtime
@@ -101,11 +101,11 @@ def test_sweep_runs_resumes_and_reports(tmp_path, data_dir):
   # An interrupted sweep (every trial killed at step 12) resumes to the same
   # numbers as the uninterrupted one.
   interrupted = str(tmp_path / 'interrupted')
-  killed = run_sweep_cli(interrupted, data_dir,
+  killed = run_sweep_cli(interrupted, data_dir, '--parallel=2',
                          env={'TRAINER_FAULT': 'kill:step:12'})
   assert killed.returncode == 75  # Killed trials are resumable, not failed.
   assert {r['status'] for r in read_csv(interrupted)} == {'interrupted'}
-  resumed = run_sweep_cli(interrupted, data_dir)
+  resumed = run_sweep_cli(interrupted, data_dir, '--parallel=2')
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   for row, ref in zip(sorted(read_csv(interrupted), key=lambda r: r['trial']),
                       sorted(rows, key=lambda r: r['trial'])):
