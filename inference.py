@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 import checkpointing
 import input_pipeline
@@ -88,9 +89,7 @@ def restore(workdir: str, config: ml_collections.ConfigDict, step: int,
   wanted = checkpointing.signature(
       state, model=config.model, image_shape=image_shape,
       num_classes=info['num_classes'])
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-      state)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   try:
     state, _ = checkpointing.restore_step(directory, step, abstract, wanted)

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 import ml_collections
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# As train.EXIT_PREEMPTED; not imported, to keep JAX out of this process.
 EXIT_PREEMPTED = 75
 _running: dict[int, subprocess.Popen] = {}
 _running_lock = threading.Lock()

@@ -219,8 +219,9 @@ def evaluate(eval_fn, state, split, batch_size, mesh: Mesh) -> dict:
     if wait:
       jax.block_until_ready(batch_metrics)
     total = batch_metrics if total is None else total.merge(batch_metrics)
-    _inject_fault('eval', int(state.step))
-  return {k: float(v) for k, v in total.compute().items()}
+    if 'TRAINER_FAULT' in os.environ:  # Test hook; reading step syncs.
+      _inject_fault('eval', int(state.step))
+  return _to_float_dict(total)
 
 
 def _to_float_dict(collection: metrics.Collection) -> dict:
