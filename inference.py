@@ -8,7 +8,7 @@ files of any size after converting them like the training data.
 
 import json
 import os
-from typing import Optional, Sequence
+from typing import Sequence
 
 from absl import logging
 import jax
@@ -119,7 +119,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   dataset = input_pipeline.load_dataset(config.dataset, config.data_dir)
   mesh = train.Mesh()
   state = restore(workdir, config, step, info, mesh)
-  eval_fn = jax.jit(train.eval_step, out_shardings=mesh.replicated)
+  _, eval_fn = train.jit_steps(mesh)
   metrics = train.evaluate(eval_fn, state, dataset.test,
                            config.eval_batch_size, mesh)
   predict = jax.jit(lambda s, x: train.predict_step(s, x).argmax(-1))

@@ -198,6 +198,16 @@ class Mesh:
     return jax.device_put(tree, self.replicated)
 
 
+def jit_steps(mesh: Mesh):
+  """The jitted (train_step, eval_step) every caller uses.
+
+  The state is donated to the train step. Outputs are pinned replicated, so
+  the state keeps one sharding and metrics can be read on every process.
+  """
+  return (jax.jit(train_step, donate_argnums=0, out_shardings=mesh.replicated),
+          jax.jit(eval_step, out_shardings=mesh.replicated))
+
+
 def one_step_in_flight() -> bool:
   """Whether to wait for each step before dispatching the next.
 
@@ -442,11 +452,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         'image_shape': image_shape, 'num_classes': dataset.num_classes,
         'class_names': list(dataset.class_names)})
 
-  # Outputs are pinned replicated, so the state keeps one sharding and the
-  # metrics can be read on every process.
-  p_train_step = jax.jit(train_step, donate_argnums=0,
-                         out_shardings=mesh.replicated)
-  p_eval_step = jax.jit(eval_step, out_shardings=mesh.replicated)
+  p_train_step, p_eval_step = jit_steps(mesh)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer)
 

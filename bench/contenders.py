@@ -122,9 +122,7 @@ class Trainer:
     tx = train.create_optimizer('sgd', learning_rate, momentum, 0.0)
     self.state = self.mesh.put_replicated(train.create_train_state(
         models.create_model(model, 10), tx, (28, 28, 1), seed))
-    self._step = jax.jit(train.train_step, donate_argnums=0,
-                         out_shardings=self.mesh.replicated)
-    self._eval = jax.jit(train.eval_step, out_shardings=self.mesh.replicated)
+    self._step, self._eval = train.jit_steps(self.mesh)
     self._next_step = 0
     self._jax, self._input_pipeline, self._train = jax, input_pipeline, train
 

@@ -3,6 +3,7 @@
 import gzip
 import os
 import struct
+import subprocess
 import sys
 
 import numpy as np
@@ -13,6 +14,20 @@ if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+
+
+def run_python(args, env=None, timeout=300, **kwargs):
+  """Runs `python ARGS` in the repo root with output captured.
+
+  Args:
+    args: the script and its arguments, e.g. ['main.py', '--workdir=W'].
+    env: variables added to this process's environment.
+    timeout: seconds; a hung run fails the test instead of blocking CI.
+    **kwargs: more subprocess.run arguments.
+  """
+  return subprocess.run([sys.executable, *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout,
+                        env=dict(os.environ, **(env or {})), **kwargs)
 
 
 def write_idx(path, array, magic=None):
@@ -50,3 +65,10 @@ def make_idx_dir(path, num_train=64, num_test=20, size=28, seed=0, gz=False):
 @pytest.fixture
 def idx_dir(tmp_path):
   return make_idx_dir(str(tmp_path / 'idx'))
+
+
+@pytest.fixture(scope='session')
+def small_data_dir(tmp_path_factory):
+  """256 training and 50 test images: 32 steps per epoch at batch 8."""
+  return make_idx_dir(str(tmp_path_factory.mktemp('small_data')),
+                      num_train=256, num_test=50)

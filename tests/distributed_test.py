@@ -35,7 +35,7 @@ def device_env(count):
 
 
 def command(workdir, data_dir, *extra):
-  return [sys.executable, 'main.py', f'--workdir={workdir}',
+  return ['main.py', f'--workdir={workdir}',
           '--config=configs/default.py', f'--config.data_dir={data_dir}',
           '--config.batch_size=8', '--config.eval_batch_size=20',
           f'--config.num_train_steps={STEPS}', '--config.log_every_steps=10',
@@ -43,12 +43,11 @@ def command(workdir, data_dir, *extra):
 
 
 def run(workdir, data_dir, devices=1, fault=None, extra=()):
-  env = dict(os.environ, **device_env(devices))
+  env = device_env(devices)
   if fault:
     env['TRAINER_FAULT'] = fault
-  return subprocess.run(command(workdir, data_dir, *extra), cwd=conftest.ROOT,
-                        capture_output=True, text=True, timeout=TIMEOUT,
-                        env=env)
+  return conftest.run_python(command(workdir, data_dir, *extra), env=env,
+                             timeout=TIMEOUT)
 
 
 def free_port():
@@ -66,9 +65,10 @@ def run_processes(workdir, data_dir, faults=(None, None)):
     if fault:
       env['TRAINER_FAULT'] = fault
     procs.append(subprocess.Popen(
-        command(workdir, data_dir, f'--coordinator_address=127.0.0.1:{port}',
-                '--num_processes=2', f'--process_id={pid}',
-                '--heartbeat_timeout_seconds=10'),
+        [sys.executable, *command(
+            workdir, data_dir, f'--coordinator_address=127.0.0.1:{port}',
+            '--num_processes=2', f'--process_id={pid}',
+            '--heartbeat_timeout_seconds=10')],
         cwd=conftest.ROOT, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True))
   results, deadline = [], time.time() + TIMEOUT
@@ -112,9 +112,8 @@ def assert_close_runs(workdir, reference):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return conftest.make_idx_dir(str(tmp_path_factory.mktemp('data')),
-                               num_train=256, num_test=50)
+def data_dir(small_data_dir):
+  return small_data_dir
 
 
 @pytest.fixture(scope='module')

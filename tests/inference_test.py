@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,15 +13,12 @@ TIMEOUT = 300
 
 
 def run_main(*args):
-  return subprocess.run([sys.executable, 'main.py', *args],
-                        cwd=conftest.ROOT, capture_output=True, text=True,
-                        timeout=TIMEOUT)
+  return conftest.run_python(['main.py', *args], timeout=TIMEOUT)
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  data = conftest.make_idx_dir(str(tmp_path_factory.mktemp('data')),
-                               num_train=256, num_test=50)
+def trained(tmp_path_factory, small_data_dir):
+  data = small_data_dir
   workdir = str(tmp_path_factory.mktemp('run'))
   result = run_main(f'--workdir={workdir}', '--config=configs/default.py',
                     '--config.dataset=fashion_mnist',

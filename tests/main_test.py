@@ -3,8 +3,6 @@
 import os
 import resource
 import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -14,10 +12,8 @@ TIMEOUT = 120
 
 
 def run_main(workdir, *args, env=None, preexec_fn=None):
-  return subprocess.run(
-      [sys.executable, 'main.py', f'--workdir={workdir}', *args],
-      cwd=conftest.ROOT, capture_output=True, text=True, timeout=TIMEOUT,
-      env=dict(os.environ, **(env or {})), preexec_fn=preexec_fn)
+  return conftest.run_python(['main.py', f'--workdir={workdir}', *args],
+                             env=env, timeout=TIMEOUT, preexec_fn=preexec_fn)
 
 
 def tiny_args(data_dir, *overrides):

@@ -29,7 +29,7 @@ TOTAL_STEPS = 96  # 256 examples / batch 8 = 32 steps per epoch: 3 epochs.
 
 
 def main_args(workdir, data_dir, *overrides):
-  return [sys.executable, 'main.py', f'--workdir={workdir}',
+  return ['main.py', f'--workdir={workdir}',
           '--config=configs/default.py', f'--config.data_dir={data_dir}',
           '--config.batch_size=8', '--config.eval_batch_size=20',
           f'--config.num_train_steps={TOTAL_STEPS}',
@@ -38,16 +38,13 @@ def main_args(workdir, data_dir, *overrides):
 
 
 def run_main(workdir, data_dir, *overrides, env=None, timeout=TIMEOUT):
-  args = main_args(workdir, data_dir, *overrides)
-  return subprocess.run(args, cwd=conftest.ROOT, capture_output=True,
-                        text=True, timeout=timeout,
-                        env=dict(os.environ, **(env or {})))
+  return conftest.run_python(main_args(workdir, data_dir, *overrides),
+                             env=env, timeout=timeout)
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return conftest.make_idx_dir(str(tmp_path_factory.mktemp('data')),
-                               num_train=256, num_test=50)
+def data_dir(small_data_dir):
+  return small_data_dir
 
 
 @pytest.fixture(scope='module')
@@ -139,7 +136,8 @@ def test_twice_killed_run_still_matches(tmp_path, data_dir, reference):
 
 
 def _start(workdir, data_dir, *overrides):
-  return subprocess.Popen(main_args(workdir, data_dir, *overrides),
+  return subprocess.Popen([sys.executable,
+                           *main_args(workdir, data_dir, *overrides)],
                           cwd=conftest.ROOT, stderr=subprocess.PIPE,
                           text=True)
 

@@ -3,9 +3,6 @@
 import csv
 import json
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -51,15 +48,13 @@ def test_sweep_file(tmp_path):
 
 
 def run_sweep_cli(workdir, data_dir, *extra, env=None):
-  args = [sys.executable, 'sweep.py', f'--workdir={workdir}',
+  args = ['sweep.py', f'--workdir={workdir}',
           '--config=configs/default.py', f'--config.data_dir={data_dir}',
           '--config.eval_batch_size=20', '--config.num_train_steps=24',
           '--config.log_every_steps=8', '--config.checkpoint_every_steps=8',
           '--sweep=learning_rate=0.01,0.05', '--sweep=batch_size=8,16',
           *extra]
-  return subprocess.run(args, cwd=conftest.ROOT, capture_output=True,
-                        text=True, timeout=TIMEOUT,
-                        env=dict(os.environ, **(env or {})))
+  return conftest.run_python(args, env=env, timeout=TIMEOUT)
 
 
 @pytest.fixture(scope='module')
@@ -116,13 +111,12 @@ def test_sweep_runs_resumes_and_reports(tmp_path, data_dir):
 @pytest.mark.slow
 def test_failed_trial_is_recorded_and_others_finish(tmp_path, data_dir):
   workdir = str(tmp_path / 'sweep')
-  args = [sys.executable, 'sweep.py', f'--workdir={workdir}',
+  args = ['sweep.py', f'--workdir={workdir}',
           '--config=configs/default.py', f'--config.data_dir={data_dir}',
           '--config.batch_size=8', '--config.eval_batch_size=20',
           '--config.num_train_steps=16', '--config.log_every_steps=4',
           '--sweep=learning_rate=0.01,1e6']
-  result = subprocess.run(args, cwd=conftest.ROOT, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+  result = conftest.run_python(args, timeout=TIMEOUT)
   assert result.returncode == 1
   rows = {r['learning_rate']: r for r in read_csv(workdir)}
   assert rows['0.01']['status'] == 'done'
@@ -132,10 +126,9 @@ def test_failed_trial_is_recorded_and_others_finish(tmp_path, data_dir):
 
 def test_bad_spec_exits_2_before_any_trial(tmp_path):
   workdir = str(tmp_path / 'sweep')
-  result = subprocess.run(
-      [sys.executable, 'sweep.py', f'--workdir={workdir}',
-       '--config=configs/default.py', '--sweep=learning_rate=0.1,fast'],
-      cwd=conftest.ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+  result = conftest.run_python(
+      ['sweep.py', f'--workdir={workdir}', '--config=configs/default.py',
+       '--sweep=learning_rate=0.1,fast'], timeout=TIMEOUT)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1] == (
       "error: bad value 'fast' for learning_rate (a float in the config)")
