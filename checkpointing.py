@@ -6,11 +6,16 @@ config's signature). Orbax writes each into a temporary folder and renames it
 when complete, so a crash mid-write leaves a `*.orbax-checkpoint-tmp*` folder
 that is never taken for a checkpoint.
 
-On restore the newest checkpoint that reads back wins. Newer ones that do not
-read are moved, untouched, to `checkpoints_unreadable/` with a log line saying
-why; if none reads, the run stops and moves nothing.
+On restore the newest checkpoint that reads back wins. Newer ones whose data
+is bad (truncated, missing or unparsable files) are moved, untouched, to
+`checkpoints_unreadable/` with a log line saying why. Any other error (an I/O
+error, out of memory) stops the run and moves nothing, and so does finding no
+readable checkpoint at all. With several processes, process 0 lists the
+checkpoints, every process tries the same step, and they agree on the outcome
+before anything is moved or any older step is tried.
 """
 
+import json
 import os
 import shutil
 import time
@@ -19,8 +24,11 @@ from typing import Any, Optional
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+import faults
 
 UNREADABLE_DIR = 'checkpoints_unreadable'
 
@@ -38,7 +46,7 @@ def signature(state, **fields) -> dict:
 
   Args:
     state: the TrainState (or its abstract shapes).
-    **fields: named values that must match (model, image shape, ...).
+    **fields: named values that must match (model, batch size, data, ...).
 
   Returns:
     A JSON-able dict: the fields, and shape/dtype of every state leaf.
@@ -46,16 +54,16 @@ def signature(state, **fields) -> dict:
   leaves = jax.tree_util.tree_flatten_with_path(state)[0]
   shapes = {jax.tree_util.keystr(path): f'{leaf.dtype}{list(leaf.shape)}'
             for path, leaf in leaves}
-  return dict(fields, state=shapes)
+  return json.loads(json.dumps(dict(fields, state=shapes)))
 
 
 def _differences(saved: dict, wanted: dict) -> list[str]:
+  """Fields and state leaves that differ; fields an older checkpoint did not
+  record are not compared."""
   out = []
-  for key in sorted(set(saved) | set(wanted)):
-    if key == 'state':
-      continue
-    if saved.get(key) != wanted.get(key):
-      out.append(f'{key} {saved.get(key)!r} there vs {wanted.get(key)!r} here')
+  for key in sorted(wanted):
+    if key != 'state' and key in saved and saved[key] != wanted[key]:
+      out.append(f'{key} {saved[key]!r} there vs {wanted[key]!r} here')
   saved_state, wanted_state = saved.get('state', {}), wanted.get('state', {})
   for path in sorted(set(saved_state) | set(wanted_state)):
     if saved_state.get(path) != wanted_state.get(path):
@@ -73,17 +81,33 @@ def finished_steps(directory: str) -> list[int]:
                                                                  name)))
 
 
-def restore_step(directory: str, step: int, abstract_state, wanted: dict):
-  """Restores checkpoint `step` (state, meta); raises if it cannot."""
-  path = os.path.join(directory, str(step))
-  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+def _checkpointer() -> ocp.Checkpointer:
+  # Each process restores on its own (the state is replicated, so every
+  # process reads all of it): no Orbax barrier that a peer whose read failed
+  # would never reach. The processes agree on the outcome afterwards.
+  return ocp.Checkpointer(
+      ocp.CompositeCheckpointHandler(),
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          active_processes={jax.process_index()}))
+
+
+def read_meta(directory: str, step: int) -> dict:
+  """The JSON `meta` item of checkpoint `step`; raises if unreadable."""
+  checkpointer = _checkpointer()
   try:
     meta = checkpointer.restore(
-        path, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    if not isinstance(meta, dict) or 'signature' not in meta:
-      raise ValueError('meta item has no signature')
+        os.path.join(directory, str(step)),
+        args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
   finally:
     checkpointer.close()
+  if not isinstance(meta, dict) or 'signature' not in meta:
+    raise ValueError('meta item has no signature')
+  return meta
+
+
+def check_compatible(meta: dict, wanted: dict, path: str):
+  """Raises IncompatibleCheckpointError if `meta` was written by a config
+  with another signature; the message names the first differences."""
   differences = _differences(meta['signature'], wanted)
   if differences:
     raise IncompatibleCheckpointError(
@@ -91,13 +115,64 @@ def restore_step(directory: str, step: int, abstract_state, wanted: dict):
         '; '.join(differences[:3]) +
         (f' (and {len(differences) - 3} more)' if len(differences) > 3
          else '') + '. Use a new --workdir, or the config it was made with')
-  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def restore_step(directory: str, step: int, target, wanted: dict):
+  """Restores checkpoint `step` as (state, meta); raises if it cannot.
+
+  Args:
+    directory: the `checkpoints/` folder.
+    step: which checkpoint.
+    target: a pytree of numpy arrays with the state's structure, shapes and
+      dtypes; the state comes back as numpy arrays like it.
+    wanted: this config's `signature`.
+  """
+  faults.io_error_if('restore', step)
+  meta = read_meta(directory, step)
+  path = os.path.join(directory, str(step))
+  check_compatible(meta, wanted, path)
+  checkpointer = _checkpointer()
   try:
     state = checkpointer.restore(path, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state))).state
+        state=ocp.args.StandardRestore(target))).state
   finally:
     checkpointer.close()
   return state, meta
+
+
+# TensorStore reports errors as ValueError('<STATUS CODE>: ...'). These codes
+# say the bytes on disk are not a valid checkpoint...
+_DATA_STATUS = ('OUT_OF_RANGE', 'DATA_LOSS', 'NOT_FOUND', 'INVALID_ARGUMENT',
+                'FAILED_PRECONDITION')
+# ...and these that reading failed for a reason that may pass.
+_TRANSIENT_STATUS = ('UNAVAILABLE', 'RESOURCE_EXHAUSTED', 'DEADLINE_EXCEEDED',
+                     'PERMISSION_DENIED', 'ABORTED', 'CANCELLED', 'UNKNOWN',
+                     'INTERNAL')
+
+
+def is_bad_data(error: BaseException) -> bool:
+  """Whether a restore error shows the checkpoint's data is bad.
+
+  Only then may the checkpoint be moved aside. I/O errors, permissions and
+  out-of-memory say nothing about the data: the run stops instead, so that a
+  passing fault never makes it quietly resume from an older step.
+  """
+  if isinstance(error, (json.JSONDecodeError, FileNotFoundError,
+                        NotADirectoryError, IsADirectoryError, EOFError,
+                        UnicodeDecodeError, KeyError)):
+    return True
+  if isinstance(error, (OSError, MemoryError)) or not isinstance(
+      error, ValueError):
+    return False  # EIO, EACCES, ENOMEM, XLA runtime errors, ...
+  message = str(error)
+  if message.startswith(_TRANSIENT_STATUS) or 'out of memory' in message:
+    return False
+  return True  # A data status code, or a ValueError from parsing.
+
+
+def _reason(error: BaseException) -> str:
+  text = str(error).splitlines()[0][:300] if str(error) else ''
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
 
 
 def _move_aside(directory: str, step: int) -> str:
@@ -110,44 +185,81 @@ def _move_aside(directory: str, step: int) -> str:
   return target
 
 
-def restore_latest(directory: str, abstract_state, wanted: dict
+# Outcomes of one restore attempt, worst last: the processes act on the worst.
+_OK, _BAD_DATA, _FAILED, _INCOMPATIBLE = range(4)
+
+
+def _worst_everywhere(outcome: int) -> int:
+  """The worst outcome over all processes (a collective)."""
+  if jax.process_count() == 1:
+    return outcome
+  return int(np.max(multihost_utils.process_allgather(np.int32(outcome))))
+
+
+def _steps_of_process_0(directory: str) -> list[int]:
+  """Process 0's list of finished steps, on every process."""
+  steps = finished_steps(directory)
+  if jax.process_count() == 1:
+    return steps
+  count = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
+  return [int(s) for s in multihost_utils.broadcast_one_to_all(
+      np.array(steps if steps else [0] * count, np.int64))][:count]
+
+
+def restore_latest(directory: str, target, wanted: dict
                    ) -> Optional[tuple[Any, dict]]:
   """Restores the newest readable checkpoint in `directory`.
 
+  Every process calls this; all restore the same step or all fail.
+
   Args:
     directory: the `checkpoints/` folder.
-    abstract_state: shapes, dtypes and shardings of the state to restore.
+    target: numpy pytree of the state's shapes and dtypes (see restore_step).
     wanted: this config's `signature`; a checkpoint with another one is
       refused (IncompatibleCheckpointError), not skipped.
 
   Returns:
-    (state, meta) or None when there is no checkpoint at all.
+    (state as numpy arrays, meta), or None when there is no checkpoint.
 
   Raises:
-    CheckpointError: checkpoints exist but none of them restores.
+    CheckpointError: checkpoints exist but none restores, or one failed for a
+      reason other than bad data; nothing was moved.
   """
-  steps = finished_steps(directory)
   failures = []
-  for step in reversed(steps):
+  for step in reversed(_steps_of_process_0(directory)):
+    error, outcome = None, _OK
     try:
-      state, meta = restore_step(directory, step, abstract_state, wanted)
-    except IncompatibleCheckpointError:
-      raise
+      state, meta = restore_step(directory, step, target, wanted)
+    except IncompatibleCheckpointError as e:
+      error, outcome = e, _INCOMPATIBLE
     except Exception as e:  # pylint: disable=broad-except
-      # Orbax and TensorStore raise many types for unreadable data.
-      reason = f'{type(e).__name__}: {str(e).splitlines()[0][:300]}' if str(
-          e) else type(e).__name__
+      # Orbax and TensorStore raise many types; is_bad_data sorts them.
+      error, outcome = e, _BAD_DATA if is_bad_data(e) else _FAILED
+    worst = _worst_everywhere(outcome)
+    if worst == _INCOMPATIBLE:
+      raise error if outcome == _INCOMPATIBLE else IncompatibleCheckpointError(
+          f'another process refused checkpoint {step} in {directory}')
+    if worst == _FAILED:
+      where = (_reason(error) if error is not None and outcome == _FAILED
+               else 'failed on another process')
+      raise CheckpointError(
+          f'checkpoint {step} in {directory} could not be read ({where}); '
+          f'this does not show the checkpoint is damaged, so nothing was '
+          f'moved. Fix the cause and run the same command again')
+    if worst == _BAD_DATA:
+      reason = _reason(error) if error is not None else (
+          'unreadable on another process')
       logging.warning('Checkpoint %s/%d cannot be restored (%s); trying an '
                       'older one', directory, step, reason)
       failures.append((step, reason))
       continue
     if jax.process_index() == 0:  # One mover on a shared filesystem.
       for bad_step, reason in failures:
-        target = _move_aside(directory, bad_step)
+        target_dir = _move_aside(directory, bad_step)
         logging.warning('Moved unreadable checkpoint %d to %s (%s)',
-                        bad_step, target, reason)
-    if failures and jax.process_count() > 1:
-      multihost_utils.sync_global_devices('unreadable checkpoints moved')
+                        bad_step, target_dir, reason)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('checkpoint restored')
     return state, meta
   if failures:
     raise CheckpointError(

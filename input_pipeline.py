@@ -18,6 +18,7 @@ import gzip
 import os
 import socket
 import struct
+import zlib
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -170,10 +171,15 @@ def _network_reachable(host: str, port: int = 443, timeout: float = 5.0):
     return False
 
 
-def load_tfds(name: str, data_dir: Optional[str]) -> Dataset:
-  """Loads the train and test splits of a tfds dataset whole into memory."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = _tfds_builder(name, data_dir)
+def prepare_dataset(name: str, data_dir: str = ''):
+  """Downloads and prepares a tfds set if it is not prepared yet.
+
+  Nothing to do for an IDX folder. In a multi-process run only process 0
+  calls this (see train.load_dataset); the others then just read.
+  """
+  if data_dir and os.path.isdir(data_dir) and is_idx_dir(data_dir):
+    return
+  builder = _tfds_builder(name, data_dir or None)
   if not builder.is_prepared():
     # tfds would otherwise retry downloads for minutes on an offline machine.
     if not _network_reachable('storage.googleapis.com'):
@@ -184,6 +190,13 @@ def load_tfds(name: str, data_dir: Optional[str]) -> Dataset:
           f'files, e.g. --config=configs/fashion_mnist.py after '
           f'`apt-get install dataset-fashion-mnist`')
     builder.download_and_prepare()
+
+
+def load_tfds(name: str, data_dir: Optional[str]) -> Dataset:
+  """Loads the train and test splits of a tfds dataset whole into memory."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  prepare_dataset(name, data_dir or '')
+  builder = _tfds_builder(name, data_dir)
   features = builder.info.features
   for key in ('image', 'label'):
     if key not in features:
@@ -234,10 +247,27 @@ def load_dataset(name: str, data_dir: str = '') -> Dataset:
       num_classes = int(max(train.labels.max(), test.labels.max())) + 1
       names = CLASS_NAMES.get(name, [str(i) for i in range(num_classes)])
       if len(names) < num_classes:
-        names = [str(i) for i in range(num_classes)]
+        raise DataError(
+            f'{data_dir}: labels go up to {num_classes - 1}, but dataset '
+            f'{name!r} has {len(names)} classes (labels 0..{len(names) - 1}); '
+            f'fix the label files or set --config.dataset to a name without '
+            f'fixed classes (e.g. custom)')
       return Dataset(train=train, test=test, num_classes=num_classes,
                      class_names=names, source=f'idx:{data_dir}')
   return load_tfds(name, data_dir or None)
+
+
+def fingerprint(dataset: Dataset) -> dict:
+  """A short identity of the data: sizes, image shape, class names and a
+  checksum of the labels. Equal fingerprints mean the same examples in the
+  same order, for all a resumed run can tell (checking every pixel would
+  cost a pass over the data at each start)."""
+  crc = zlib.crc32(dataset.test.labels.tobytes(),
+                   zlib.crc32(dataset.train.labels.tobytes()))
+  return {'train_examples': len(dataset.train),
+          'test_examples': len(dataset.test),
+          'image_shape': list(dataset.train.images.shape[1:]),
+          'class_names': list(dataset.class_names), 'labels_crc32': crc}
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:

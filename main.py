@@ -5,9 +5,12 @@
   python main.py --mode=predict --workdir=W IMAGE [IMAGE ...]
 """
 
+import contextlib
 import logging as std_logging
+import os
 import re
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -70,20 +73,54 @@ def _fail(message):
 
 
 def _quiet_library_info(record) -> bool:
-  """Drops INFO chatter of Orbax's internals (tens of lines per save)."""
-  return (record.levelno > std_logging.INFO or
-          '/orbax/' not in record.pathname)
+  """Drops INFO chatter of library internals: Orbax's (tens of lines per
+  save) and JAX's backend probing (a failed TPU lookup on every start)."""
+  return record.levelno > std_logging.INFO or not any(
+      part in record.pathname for part in ('/orbax/', '/jax/_src/'))
+
+
+# What TensorFlow's C++ side prints to stderr on every import, whatever the
+# log level (it loads before absl's C++ logging is set up).
+_NATIVE_BANNERS = ('All log messages before absl::InitializeLog()',
+                   'oneDNN custom operations are on',
+                   'This TensorFlow binary is optimized',
+                   'To enable the following instructions',
+                   'rebuild TensorFlow with the appropriate compiler flags')
+
+
+@contextlib.contextmanager
+def _without_native_banners():
+  """Runs the body with stderr (file descriptor 2) captured, then replays
+  every line except TensorFlow's start-up banners."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode(errors='replace').splitlines():
+        if not any(banner in line for banner in _NATIVE_BANNERS):
+          print(line, file=sys.stderr)
 
 
 def main(argv):
   if len(argv) > 1 and FLAGS.mode != 'predict':
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_logger().addFilter(_quiet_library_info)
-  import checkpointing  # pylint: disable=g-import-not-at-top
-  import distributed  # pylint: disable=g-import-not-at-top
-  import inference  # pylint: disable=g-import-not-at-top
-  import input_pipeline  # pylint: disable=g-import-not-at-top
-  import train  # pylint: disable=g-import-not-at-top
+  logging.get_absl_handler().addFilter(_quiet_library_info)
+  with _without_native_banners():
+    # pylint: disable=g-import-not-at-top
+    import checkpointing
+    import distributed
+    import inference
+    import input_pipeline
+    import train
+    import workdir_lock
+    # pylint: enable=g-import-not-at-top
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)
@@ -109,7 +146,7 @@ def main(argv):
       sys.exit(1)
   except (train.ConfigError, input_pipeline.DataError,
           checkpointing.IncompatibleCheckpointError,
-          inference.InferenceError) as e:
+          inference.InferenceError, workdir_lock.WorkdirBusy) as e:
     _fail(str(e))
   except (train.DivergenceError, checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)

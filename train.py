@@ -6,9 +6,8 @@ once at the top; everything it calls takes plain arguments.
 
 import contextlib
 import json
+import math
 import os
-import signal
-import threading
 import time
 from typing import Any, Optional
 
@@ -30,17 +29,33 @@ import psutil
 
 import checkpointing
 import event_files
+import faults
 import input_pipeline
 import models
 import plots
+import preemption
+import workdir_lock
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
 LR_SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
 
+EXIT_PREEMPTED = preemption.EXIT_PREEMPTED
+Preempted = preemption.Preempted
 
-# Exit status of a run stopped by SIGTERM/SIGINT after saving a checkpoint
-# (EX_TEMPFAIL: run the same command again to continue).
-EXIT_PREEMPTED = 75
+# Config keys that may differ between a checkpoint and the run resuming from
+# it, and what the change means; the README lists the same. Keys that must not
+# differ are in `resume_signature`.
+RESUME_CHANGES = {
+    'learning_rate': 'steps after the checkpoint use the new value',
+    'momentum': 'steps after the checkpoint use the new value',
+    'weight_decay': 'steps after the checkpoint use the new value',
+    'num_epochs': 'the run now ends at another step',
+    'num_train_steps': 'the run now ends at another step',
+    'eval_batch_size': 'test metrics may differ in the last float digits '
+                       '(another summation order)',
+    'data_dir': 'the same examples (checked) are read from another place',
+    'dataset': 'the same examples and class names (checked)',
+}
 
 
 class ConfigError(ValueError):
@@ -49,10 +64,6 @@ class ConfigError(ValueError):
 
 class DivergenceError(RuntimeError):
   """The loss became NaN or infinite."""
-
-
-class Preempted(Exception):
-  """SIGTERM or SIGINT arrived; a checkpoint of the current step was saved."""
 
 
 @flax.struct.dataclass
@@ -77,8 +88,9 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
   epoch_metrics: TrainMetrics
   window_metrics: TrainMetrics
-  # First step (counting from 1) whose loss was not finite; -1 if none. Kept
-  # on the device so that divergence costs no per-step host sync.
+  # First step (counting from 1) whose loss, gradients or new parameters were
+  # not finite; -1 if none. Kept on the device so that divergence costs no
+  # per-step host sync.
   nonfinite_step: jax.Array
 
 
@@ -157,15 +169,23 @@ def train_step(state: TrainState, images, labels) -> TrainState:
     return losses.mean(), (losses, logits)
 
   grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
-  first_bad = (state.nonfinite_step < 0) & ~jnp.isfinite(losses.mean())
-  nonfinite_step = jnp.where(first_bad, state.step + 1, state.nonfinite_step)
   state = state.apply_gradients(grads=grads)
+  finite = jnp.isfinite(losses.mean()) & all_finite(grads) & all_finite(
+      state.params)
+  nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, state.step,
+                             state.nonfinite_step)
   step_metrics = TrainMetrics.single_from_model_output(
       loss=losses, logits=logits, labels=labels)
   return state.replace(
       epoch_metrics=state.epoch_metrics.merge(step_metrics),
       window_metrics=state.window_metrics.merge(step_metrics),
       nonfinite_step=nonfinite_step)
+
+
+def all_finite(tree) -> jax.Array:
+  """True if no leaf of `tree` holds a NaN or an infinity (one reduction)."""
+  return jnp.all(jnp.stack([jnp.isfinite(x).all()
+                            for x in jax.tree.leaves(tree)]))
 
 
 def eval_step(state: TrainState, images, labels, mask) -> EvalMetrics:
@@ -229,8 +249,8 @@ def evaluate(eval_fn, state, split, batch_size, mesh: Mesh) -> dict:
     if wait:
       jax.block_until_ready(batch_metrics)
     total = batch_metrics if total is None else total.merge(batch_metrics)
-    if 'TRAINER_FAULT' in os.environ:  # Test hook; reading step syncs.
-      _inject_fault('eval', int(state.step))
+    if faults.enabled():  # Test hook; reading the step syncs.
+      faults.kill_if('eval', int(state.step))
   return _to_float_dict(total)
 
 
@@ -240,17 +260,20 @@ def _to_float_dict(collection: metrics.Collection) -> dict:
 
 def validate_config(config: ml_collections.ConfigDict, device_count: int):
   """Checks values train_and_evaluate cannot fix later; raises ConfigError."""
+  for key, value in config.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f'{key} must be a finite number, got {value!r}')
   for key in ('learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',
               'log_every_steps', 'checkpoint_every_steps',
               'max_checkpoints_to_keep'):
     if not config[key] > 0:
       raise ConfigError(f'{key} must be > 0, got {config[key]!r}')
+  for key in ('momentum', 'weight_decay', 'warmup_epochs'):
+    if not config[key] >= 0:
+      raise ConfigError(f'{key} must be >= 0, got {config[key]!r}')
   if config.num_train_steps == 0 or config.num_train_steps < -1:
     raise ConfigError(f'num_train_steps must be -1 (derive from num_epochs) '
                       f'or > 0, got {config.num_train_steps}')
-  if config.warmup_epochs < 0:
-    raise ConfigError(f'warmup_epochs must be >= 0, got '
-                      f'{config.warmup_epochs}')
   if config.optimizer not in OPTIMIZERS:
     raise ConfigError(f'unknown optimizer {config.optimizer!r}; accepted: '
                       f'{", ".join(OPTIMIZERS)}')
@@ -267,6 +290,15 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int):
                         f'{device_count}')
 
 
+def fit_eval_batch_size(eval_batch_size: int, num_test: int,
+                        device_count: int) -> int:
+  """`eval_batch_size`, cut to the test set rounded up to the device count.
+
+  A larger batch would only evaluate padding; the metrics do not change.
+  """
+  return min(eval_batch_size, -(-num_test // device_count) * device_count)
+
+
 def _write_json(path: str, obj: Any):
   """Writes JSON atomically: readers never see a half-written file."""
   tmp = path + '.tmp'
@@ -275,20 +307,11 @@ def _write_json(path: str, obj: Any):
   os.replace(tmp, path)
 
 
-def _inject_fault(point: str, step: int):
-  """Test hook: TRAINER_FAULT=kill:<point>:<step> SIGKILLs this process there.
-
-  Points: 'step' (after the step is dispatched), 'log' (after metrics are
-  written), 'eval' (between evaluation batches), 'checkpoint' (while a
-  checkpoint is being written).
-  """
-  fault = os.environ.get('TRAINER_FAULT')
-  if fault and fault == f'kill:{point}:{step}':
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def check_workdir(workdir: str):
   """Fails early, before any work, if `workdir` cannot be written."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f'workdir {workdir!r} is a file; give a folder (it is '
+                      f'created if missing)')
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
@@ -300,50 +323,86 @@ def check_workdir(workdir: str):
                       f'{e.strerror or e}; give a writable folder') from e
 
 
-class PreemptionHandler:
-  """Turns the first SIGTERM/SIGINT into a request to stop after the step.
+def lock_workdir(workdir: str):
+  """Holds the workdir for this run (process 0 speaks for all processes)."""
+  if jax.process_index() == 0:
+    return workdir_lock.hold(workdir)
+  return contextlib.nullcontext()
 
-  A second signal exits at once; checkpoints are written to a temporary
-  folder and renamed when complete, so that cannot damage the last good one.
+
+def load_dataset(name: str, data_dir: str) -> input_pipeline.Dataset:
+  """Loads the data on every process; a tfds download runs on process 0 only.
+
+  The other processes wait for it, then read the prepared copy; if process 0
+  fails, all of them stop with its reason.
   """
+  if jax.process_count() > 1:
+    error = None
+    if jax.process_index() == 0:
+      try:
+        input_pipeline.prepare_dataset(name, data_dir)
+      except input_pipeline.DataError as e:
+        error = e
+    prepared = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if error is not None:
+      raise error
+    if not prepared:
+      raise input_pipeline.DataError(
+          f'process 0 could not prepare dataset {name!r}; see its log')
+  return input_pipeline.load_dataset(name, data_dir)
 
-  def __init__(self):
-    self.signum = None
-    self._previous = {}
 
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
+def resume_signature(state, config, dataset, total_steps: int,
+                     warmup_steps: int) -> dict:
+  """What a checkpoint and the config resuming from it must share.
 
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+  Each field, if changed, would make the resumed run differ from any
+  uninterrupted one in a way no log line can fix: another model or state,
+  another batch for every later step (batch_size, seed, data), or another
+  learning-rate curve. What may change is in RESUME_CHANGES.
+  """
+  schedule_steps = None if config.lr_schedule == 'constant' else {
+      'total_steps': total_steps, 'warmup_steps': warmup_steps}
+  return checkpointing.signature(
+      state, model=config.model, image_shape=list(
+          dataset.train.images.shape[1:]), num_classes=dataset.num_classes,
+      optimizer=config.optimizer, lr_schedule=config.lr_schedule,
+      schedule_steps=schedule_steps, batch_size=config.batch_size,
+      seed=config.seed, data=input_pipeline.fingerprint(dataset))
 
-  def requested(self, every_step: bool) -> bool:
-    """Whether to stop now; all processes agree on the answer.
 
-    With several processes the signal may reach only some, so they compare
-    notes, which costs a collective: only at logging steps (`every_step`
-    False), never in between.
-    """
-    if jax.process_count() == 1:
-      return self.signum is not None
-    if every_step:
-      return False
-    flags = multihost_utils.process_allgather(
-        np.array(self.signum is not None))
-    return bool(np.any(flags))
+def log_config_changes(saved: dict, config: ml_collections.ConfigDict,
+                       step: int):
+  """Says which allowed config changes a resumed run picks up, and what they
+  mean."""
+  for key, meaning in RESUME_CHANGES.items():
+    if key in saved and saved[key] != config[key]:
+      logging.warning('Resuming at step %d with %s=%r (the checkpoint was '
+                      'written with %r): %s', step, key, config[key],
+                      saved[key], meaning)
 
-  def _handle(self, signum, frame):
-    del frame
-    if self.signum is not None:
-      os._exit(128 + signum)  # pylint: disable=protected-access
-    self.signum = signum
-    logging.warning('Got %s: stopping after this step with a checkpoint '
-                    '(send it again to exit at once)',
-                    signal.Signals(signum).name)
+
+def restore_or_initialize(model, tx, image_shape, seed: int, wanted_fn,
+                          checkpoint_dir: str, mesh: Mesh):
+  """The newest restorable checkpoint, or a fresh state.
+
+  Args:
+    model, tx, image_shape, seed: as create_train_state.
+    wanted_fn: state -> the config's signature (see resume_signature).
+    checkpoint_dir: the run's `checkpoints/` folder.
+    mesh: where the state goes.
+
+  Returns:
+    (state on the mesh, the checkpoint's meta or None, the signature).
+  """
+  state = create_train_state(model, tx, image_shape, seed)
+  wanted = wanted_fn(state)
+  target = jax.tree.map(np.asarray, state)
+  restored = checkpointing.restore_latest(checkpoint_dir, target, wanted)
+  if restored is None:
+    return mesh.put_replicated(state), None, wanted
+  restored_state, meta = restored
+  return mesh.put_replicated(restored_state), meta, wanted
 
 
 def _check_finite(state: TrainState, checkpoint_dir: str):
@@ -351,9 +410,10 @@ def _check_finite(state: TrainState, checkpoint_dir: str):
   if bad >= 0:
     kept = checkpointing.finished_steps(checkpoint_dir)
     raise DivergenceError(
-        f'loss is not finite at step {bad}; stopped without saving it. Latest '
-        f'good checkpoint: {f"step {kept[-1]}" if kept else "none"}. Try a '
-        f'lower learning_rate')
+        f'loss or gradients are not finite at step {bad}; stopped without '
+        f'saving it. Latest good checkpoint: '
+        f'{f"step {kept[-1]}" if kept else "none"}. Try a lower '
+        f'learning_rate')
 
 
 @contextlib.contextmanager
@@ -379,26 +439,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns:
     The summary dict (also written to workdir/summary.json), or None if the
-    run in workdir had already finished.
+    run in workdir had already finished and its results are there.
 
   Raises:
     ConfigError, input_pipeline.DataError: bad config or data; nothing in
       workdir was changed.
     checkpointing.IncompatibleCheckpointError: workdir holds another run.
+    workdir_lock.WorkdirBusy: another trainer is using workdir.
     DivergenceError: the loss became NaN/inf; no such checkpoint was saved.
     Preempted: a signal stopped the run after saving a checkpoint.
   """
   validate_config(config, jax.device_count())
   is_main = jax.process_index() == 0
-  dataset = input_pipeline.load_dataset(config.dataset, config.data_dir)
+  dataset = load_dataset(config.dataset, config.data_dir)
   steps_per_epoch, total_steps, warmup_steps = compute_steps(
       len(dataset.train), config.batch_size, config.num_epochs,
       config.num_train_steps, config.warmup_epochs)
+  eval_batch_size = fit_eval_batch_size(
+      config.eval_batch_size, len(dataset.test), jax.device_count())
   check_workdir(workdir)
   logging.info('Data: %s; %d train, %d test examples, images %s, %d classes',
                dataset.source, len(dataset.train), len(dataset.test),
                dataset.train.images.shape[1:], dataset.num_classes)
+  with lock_workdir(workdir):
+    return _train_locked(config, workdir, dataset, steps_per_epoch,
+                         total_steps, warmup_steps, eval_batch_size, is_main)
 
+
+def _train_locked(config, workdir, dataset, steps_per_epoch, total_steps,
+                  warmup_steps, eval_batch_size, is_main):
+  """train_and_evaluate once the data is loaded and the workdir is held."""
   model = models.create_model(config.model, dataset.num_classes)
   lr_fn = create_learning_rate_fn(config.lr_schedule, config.learning_rate,
                                   total_steps, warmup_steps)
@@ -406,33 +476,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                         config.weight_decay)
   image_shape = list(dataset.train.images.shape[1:])
   mesh = Mesh()
-  state = mesh.put_replicated(
-      create_train_state(model, tx, image_shape, config.seed))
-  wanted = checkpointing.signature(
-      state, model=config.model, image_shape=image_shape,
-      num_classes=dataset.num_classes)
-
   checkpoint_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  history: list[dict] = []
-  elapsed = {'train_seconds': 0.0, 'wall_seconds': 0.0}
-  restored = checkpointing.restore_latest(
-      checkpoint_dir, jax.tree.map(ocp.utils.to_shape_dtype_struct, state),
-      wanted)
-  if restored is not None:
-    state, meta = restored
-    history, elapsed = meta['history'], meta['elapsed']
-    logging.info('Resumed from step %d in %s', int(state.step),
-                 checkpoint_dir)
+  state, meta, wanted = restore_or_initialize(
+      model, tx, image_shape, config.seed,
+      lambda s: resume_signature(s, config, dataset, total_steps,
+                                 warmup_steps), checkpoint_dir, mesh)
+  history, elapsed = [], {'train_seconds': 0.0, 'wall_seconds': 0.0}
   start_step = int(state.step)
+  if meta is not None:
+    history, elapsed = meta['history'], meta['elapsed']
+    logging.info('Resumed from step %d in %s', start_step, checkpoint_dir)
+    log_config_changes(meta.get('config', {}), config, start_step)
   if start_step >= total_steps:
-    logging.info('Run in %s already finished at step %d of %d; nothing to '
-                 'train. Results are in %s', workdir, start_step, total_steps,
-                 os.path.join(workdir, 'summary.json'))
-    return None
+    summary_path = os.path.join(workdir, 'summary.json')
+    if os.path.isfile(summary_path):
+      logging.info('Run in %s already finished at step %d of %d; nothing to '
+                   'train. Results are in %s', workdir, start_step,
+                   total_steps, summary_path)
+      return None
+    # Killed after its last checkpoint but before its results: everything
+    # they need is in that checkpoint.
+    logging.warning('Run in %s finished at step %d but has no summary.json; '
+                    'writing its results from checkpoint %d', workdir,
+                    start_step, start_step)
+    return _write_results(
+        workdir, config, dataset, history, state, mesh, is_main,
+        wall_seconds=elapsed['wall_seconds'],
+        train_seconds=elapsed['train_seconds'], total_steps=start_step,
+        eval_batch_size=eval_batch_size)
   if is_main:
     # Points logged after the restored step by a killed session go, so the
     # resumed session writes each (tag, step) exactly once.
-    event_files.truncate_after(workdir, start_step if restored else -1)
+    event_files.truncate_after(workdir, start_step if meta else -1)
   manager = checkpointing.create_manager(checkpoint_dir,
                                          config.max_checkpoints_to_keep)
 
@@ -470,13 +545,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   def save_checkpoint(step, metrics=None):
     _check_finite(state, checkpoint_dir)
     writer.flush()  # Points up to `step` are on disk before its checkpoint.
-    meta = {'history': history, 'signature': wanted, 'elapsed': {
-        'train_seconds': train_seconds,
-        'wall_seconds': elapsed['wall_seconds'] + time.time() - session_start}}
+    meta = {'history': history, 'signature': wanted,
+            'config': config.to_dict(), 'elapsed': {
+                'train_seconds': train_seconds,
+                'wall_seconds': elapsed['wall_seconds'] + time.time() -
+                                session_start}}
     checkpointing.save(manager, step, state, meta, metrics)
-    _inject_fault('checkpoint', step)
+    faults.kill_if('checkpoint', step)
 
-  with PreemptionHandler() as preemption, _finish_saves_on_error(manager):
+  with preemption.PreemptionHandler() as stop_signal, _finish_saves_on_error(
+      manager):
     for step in range(start_step, total_steps):
       images, labels = next(batches)
       state = p_train_step(state, *mesh.put_batch(images, labels))
@@ -488,7 +566,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         jax.block_until_ready(state)  # Once: compile time shows up here.
         logging.info('First training step done %.1f s after process start',
                      time.time() - psutil.Process().create_time())
-      _inject_fault('step', done)
+      faults.kill_if('step', done)
       report_progress(done)
       is_last = done == total_steps
       epoch_end = done % steps_per_epoch == 0 or is_last
@@ -506,12 +584,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             'images_per_second': window_steps * config.batch_size / seconds})
         state = state.replace(
             window_metrics=mesh.put_replicated(TrainMetrics.empty()))
-        _inject_fault('log', done)
+        faults.kill_if('log', done)
 
       if epoch_end:
         train = _to_float_dict(state.epoch_metrics)
-        test = evaluate(p_eval_step, state, dataset.test,
-                        config.eval_batch_size, mesh)
+        test = evaluate(p_eval_step, state, dataset.test, eval_batch_size,
+                        mesh)
         record = {'epoch': done / steps_per_epoch, 'step': done,
                   'train_loss': train['loss'],
                   'train_accuracy': train['accuracy'],
@@ -530,7 +608,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           state = state.replace(
               epoch_metrics=mesh.put_replicated(TrainMetrics.empty()))
 
-      stop = preemption.requested(every_step=not log_now)
+      stop = stop_signal.requested(every_step=not log_now)
       if epoch_end:
         # Every evaluated state is saved with its score, so the best one can
         # be kept (checkpointing.create_manager) and restored exactly.
@@ -541,21 +619,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         checkpointing.wait(manager)
         manager.close()
         writer.close()
-        name = signal.Signals(preemption.signum or signal.SIGTERM).name
         raise Preempted(
-            f'stopped by {name} at step '
-            f'{done} of {total_steps}; checkpoint saved in {checkpoint_dir}. '
-            f'Run the same command again to continue')
+            f'stopped by {stop_signal.signal_name} at step {done} of '
+            f'{total_steps}; checkpoint saved in {checkpoint_dir}. Run the '
+            f'same command again to continue')
       if log_now:
         window_start, window_steps = time.time(), 0
 
     checkpointing.wait(manager)
   manager.close()
+  faults.kill_if('results', total_steps)
   wall_seconds = elapsed['wall_seconds'] + time.time() - session_start
   summary = _write_results(
       workdir, config, dataset, history, state, mesh, is_main,
       wall_seconds=wall_seconds, train_seconds=train_seconds,
-      total_steps=total_steps)
+      total_steps=total_steps, eval_batch_size=eval_batch_size)
   writer.flush()
   writer.close()
   logging.info('Done: test accuracy %.4f after %d steps; %.1f s wall, %.0f '
@@ -566,7 +644,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def _write_results(workdir, config, dataset, history, state, mesh, is_main,
-                   *, wall_seconds, train_seconds, total_steps) -> dict:
+                   *, wall_seconds, train_seconds, total_steps,
+                   eval_batch_size) -> dict:
   """Writes summary.json, metrics.png and predictions.png; returns summary."""
   final = history[-1]
   # Latest among equals, as Orbax's BestN keeps.
@@ -583,7 +662,7 @@ def _write_results(workdir, config, dataset, history, state, mesh, is_main,
       'history': history, 'config': config.to_dict(),
   }
   test_images, _, _ = next(input_pipeline.eval_batches(
-      dataset.test, config.eval_batch_size, jax.process_index(),
+      dataset.test, eval_batch_size, jax.process_index(),
       jax.process_count()))
   logits = jax.jit(predict_step)(state, *mesh.put_batch(test_images))
   logits = multihost_utils.process_allgather(logits, tiled=True)

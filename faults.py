@@ -1,0 +1,34 @@
+"""Test hooks that make a real process fail at a chosen point.
+
+TRAINER_FAULT=<kind>:<point>:<step> in the environment turns one on:
+  * kill:<point>:<step> SIGKILLs the process at `point` of step `step`.
+    Points: 'step' (after the step is dispatched), 'log' (after metrics are
+    written), 'eval' (between evaluation batches), 'checkpoint' (while a
+    checkpoint is being written), 'results' (after the final checkpoint,
+    before summary.json and the plots).
+  * eio:restore:<step> makes restoring checkpoint `step` fail with an I/O
+    error, as a flaky disk or network filesystem would.
+Unset (always, outside tests) they cost one dictionary lookup.
+"""
+
+import errno
+import os
+import signal
+
+ENV = 'TRAINER_FAULT'
+
+
+def enabled() -> bool:
+  return ENV in os.environ
+
+
+def kill_if(point: str, step: int):
+  """SIGKILLs this process if TRAINER_FAULT=kill:<point>:<step>."""
+  if os.environ.get(ENV) == f'kill:{point}:{step}':
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def io_error_if(point: str, step: int):
+  """Raises EIO if TRAINER_FAULT=eio:<point>:<step>."""
+  if os.environ.get(ENV) == f'eio:{point}:{step}':
+    raise OSError(errno.EIO, f'injected I/O error ({ENV})')
