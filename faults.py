@@ -1,8 +1,8 @@
 """Test hooks that make a real process fail at a chosen point.
 
 TRAINER_FAULT=<kind>:<point>:<step> in the environment turns one on:
-  * kill:<point>:<step> SIGKILLs the process at `point` of step `step`.
-    Points: 'step' (after the step is dispatched), 'log' (after metrics are
+  * kill:<point>:<step> SIGKILLs the process at `point` of step `step`;
+    term:<point>:<step> sends it SIGTERM there (a preemption). Points: 'step' (after the step is dispatched), 'log' (after metrics are
     written), 'eval' (between evaluation batches), 'checkpoint' (while a
     checkpoint is being written), 'results' (after the final checkpoint,
     before summary.json and the plots).
@@ -22,10 +22,14 @@ def enabled() -> bool:
   return ENV in os.environ
 
 
-def kill_if(point: str, step: int):
-  """SIGKILLs this process if TRAINER_FAULT=kill:<point>:<step>."""
-  if os.environ.get(ENV) == f'kill:{point}:{step}':
+def trigger(point: str, step: int):
+  """Sends SIGKILL or SIGTERM to this process if TRAINER_FAULT asks for it
+  at (point, step)."""
+  fault = os.environ.get(ENV)
+  if fault == f'kill:{point}:{step}':
     os.kill(os.getpid(), signal.SIGKILL)
+  if fault == f'term:{point}:{step}':
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def io_error_if(point: str, step: int):

@@ -16,7 +16,6 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 import checkpointing
 import input_pipeline
@@ -84,22 +83,21 @@ def restore(workdir: str, config: ml_collections.ConfigDict, step: int,
                                         config.learning_rate, 1, 0)
   tx = train.create_optimizer(config.optimizer, lr_fn, config.momentum,
                               config.weight_decay)
-  state = mesh.put_replicated(
-      train.create_train_state(model, tx, image_shape, config.seed))
+  state = train.create_train_state(model, tx, image_shape, config.seed)
   wanted = checkpointing.signature(
       state, model=config.model, image_shape=image_shape,
       num_classes=info['num_classes'])
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   try:
-    state, _ = checkpointing.restore_step(directory, step, abstract, wanted)
+    state, _ = checkpointing.restore_step(
+        directory, step, jax.tree.map(np.asarray, state), wanted)
   except checkpointing.IncompatibleCheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except
     raise InferenceError(f'checkpoint {step} in {directory} cannot be '
                          f'restored: {type(e).__name__}: '
                          f'{str(e).splitlines()[0][:200]}') from e
-  return state
+  return mesh.put_replicated(state)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -161,11 +159,35 @@ def format_report(report: dict) -> str:
   return '\n'.join(lines)
 
 
+# Largest image predict decodes; PIL's own guard stops at about 179 MP.
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
+
 def load_image(path: str, image_shape: Sequence[int]) -> np.ndarray:
-  """A PNG/JPEG file -> float32 (H, W, C) in [0, 1], like training data."""
+  """An image file -> float32 (H, W, C) in [0, 1], like training data.
+
+  Any format PIL reads (PNG, JPEG, GIF: first frame, ...). 16-bit images are
+  scaled to 8 bits, transparency is dropped, colour and size converted to the
+  model's input.
+
+  Raises:
+    ValueError: the file is empty, not an image, or over MAX_IMAGE_PIXELS.
+  """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   height, width, channels = image_shape
+  if os.path.getsize(path) == 0:
+    raise ValueError('the file is empty')
   with Image.open(path) as image:
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+      raise ValueError(f'{image.width}x{image.height} pixels is more than '
+                       f'the {MAX_IMAGE_PIXELS // 2**20} MP accepted')
+    if image.mode.startswith('I;16') or image.mode in ('I', 'F'):
+      # 16- and 32-bit grey: scale to 8 bits rather than let convert() clip
+      # everything above 255 to white.
+      array = np.asarray(image, np.float64)
+      top = next(t for t in (255.0, 65535.0, float(array.max()))
+                 if array.max() <= t)
+      image = Image.fromarray(np.uint8(np.round(array / top * 255)))
     image = image.convert('L' if channels == 1 else 'RGB')
     image = image.resize((width, height), Image.BILINEAR)
     array = np.asarray(image, np.uint8)
@@ -188,8 +210,10 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
     except Exception as e:  # pylint: disable=broad-except
       # PIL raises many types for unreadable or non-image files.
       failed.append(path)
-      results[path] = (f'{path}: error: cannot read image '
-                       f'({type(e).__name__}: {str(e)[:120]})')
+      detail = (str(e).splitlines() or [type(e).__name__])[0][:120]
+      results[path] = (f'{path}: error: cannot read image ({detail}); '
+                       f'accepted: PNG, JPEG, GIF and other formats PIL '
+                       f'reads, up to {MAX_IMAGE_PIXELS // 2**20} MP')
   if images:
     mesh = train.Mesh()
     state = restore(workdir, config, step, info, mesh)

@@ -46,7 +46,14 @@ def parse_flags(argv):
     argv = FLAGS(argv)
   except flags.Error as e:
     _fail(str(e).splitlines()[0])
+  except SyntaxError as e:
+    _fail(f'cannot load --config: {e.filename} line {e.lineno}: {e.msg}')
   except AttributeError as e:
+    if "has no attribute 'get_config'" in str(e):
+      given = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
+      _fail(f'cannot load --config={given[-1] if given else ""}: it defines '
+            f'no get_config() (a config file is Python with get_config() '
+            f'returning an ml_collections.ConfigDict)')
     # ml_collections reports an unknown --config.KEY as an AttributeError
     # whose text is the quoted key plus a suggestion.
     key = re.search(r'[A-Za-z_][\w.]*', str(e))
@@ -64,6 +71,10 @@ def parse_flags(argv):
   except OSError as e:
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     _fail(f'cannot load --config: {lines[-1]}')
+  except AttributeError:
+    _fail(f'cannot load --config={FLAGS["config"].config_filename}: '
+          f'get_config() returned {type(FLAGS.config).__name__}, not an '
+          f'ml_collections.ConfigDict')
   return argv
 
 

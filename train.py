@@ -250,7 +250,7 @@ def evaluate(eval_fn, state, split, batch_size, mesh: Mesh) -> dict:
       jax.block_until_ready(batch_metrics)
     total = batch_metrics if total is None else total.merge(batch_metrics)
     if faults.enabled():  # Test hook; reading the step syncs.
-      faults.kill_if('eval', int(state.step))
+      faults.trigger('eval', int(state.step))
   return _to_float_dict(total)
 
 
@@ -551,7 +551,7 @@ def _train_locked(config, workdir, dataset, steps_per_epoch, total_steps,
                 'wall_seconds': elapsed['wall_seconds'] + time.time() -
                                 session_start}}
     checkpointing.save(manager, step, state, meta, metrics)
-    faults.kill_if('checkpoint', step)
+    faults.trigger('checkpoint', step)
 
   with preemption.PreemptionHandler() as stop_signal, _finish_saves_on_error(
       manager):
@@ -566,7 +566,7 @@ def _train_locked(config, workdir, dataset, steps_per_epoch, total_steps,
         jax.block_until_ready(state)  # Once: compile time shows up here.
         logging.info('First training step done %.1f s after process start',
                      time.time() - psutil.Process().create_time())
-      faults.kill_if('step', done)
+      faults.trigger('step', done)
       report_progress(done)
       is_last = done == total_steps
       epoch_end = done % steps_per_epoch == 0 or is_last
@@ -584,7 +584,7 @@ def _train_locked(config, workdir, dataset, steps_per_epoch, total_steps,
             'images_per_second': window_steps * config.batch_size / seconds})
         state = state.replace(
             window_metrics=mesh.put_replicated(TrainMetrics.empty()))
-        faults.kill_if('log', done)
+        faults.trigger('log', done)
 
       if epoch_end:
         train = _to_float_dict(state.epoch_metrics)
@@ -628,7 +628,7 @@ def _train_locked(config, workdir, dataset, steps_per_epoch, total_steps,
 
     checkpointing.wait(manager)
   manager.close()
-  faults.kill_if('results', total_steps)
+  faults.trigger('results', total_steps)
   wall_seconds = elapsed['wall_seconds'] + time.time() - session_start
   summary = _write_results(
       workdir, config, dataset, history, state, mesh, is_main,

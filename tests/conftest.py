@@ -1,10 +1,12 @@
 """Shared test set-up: import path, IDX writers and small data folders."""
 
 import gzip
+import json
 import os
 import struct
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -12,6 +14,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+# Set before JAX is imported, here and (inherited) in every subprocess: tests
+# run on the CPU even where a GPU is present, and programs compiled once are
+# reused from disk by later processes (seconds off each subprocess; the same
+# executable, so results are unchanged).
+os.environ['JAX_PLATFORMS'] = 'cpu'
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    tempfile.gettempdir(), 'trainer-tests-jax-cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
@@ -72,3 +83,86 @@ def small_data_dir(tmp_path_factory):
   """256 training and 50 test images: 32 steps per epoch at batch 8."""
   return make_idx_dir(str(tmp_path_factory.mktemp('small_data')),
                       num_train=256, num_test=50)
+
+
+def tiny_config(data_dir, **overrides):
+  """configs/default.py on an IDX folder at batch 8: for in-process runs."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.data_dir = data_dir
+  config.batch_size = 8
+  config.eval_batch_size = 20
+  config.log_every_steps = 10
+  config.checkpoint_every_steps = 24
+  config.max_checkpoints_to_keep = 10
+  config.update(overrides)
+  return config
+
+
+def error_lines(stderr):
+  return [l for l in stderr.splitlines() if l.startswith('error:')]
+
+
+TIMING_KEYS = {'wall_seconds', 'train_seconds', 'train_images_per_second'}
+# TensorBoard tags whose values are timings, not results.
+TIMING_TAGS = {'images_per_second', 'steps_per_sec', 'uptime'}
+
+
+def checkpoint_steps(workdir):
+  return sorted(int(s) for s in os.listdir(os.path.join(workdir,
+                                                        'checkpoints'))
+                if s.isdigit())
+
+
+def final_state(workdir):
+  """(step, state as numpy) of the newest checkpoint in workdir."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  step = checkpoint_steps(workdir)[-1]
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  return step, ocp.StandardCheckpointer().restore(path)
+
+
+def scalar_points(workdir):
+  """{(tag, step): value} over all event files; fails on a duplicate point."""
+  import event_files  # pylint: disable=g-import-not-at-top
+  points = {}
+  for path in event_files.event_paths(workdir):
+    for event in event_files.read_events(path):
+      for value in event.summary.value:
+        if value.tag in TIMING_TAGS or value.tag.startswith('_hparams_'):
+          continue
+        key = (value.tag, event.step)
+        assert key not in points, f'duplicate TensorBoard point {key}'
+        points[key] = value.tensor.SerializeToString()
+  return points
+
+
+def assert_same_run(workdir, reference, total_steps):
+  """Bitwise: final state, every non-timing summary value, every point."""
+  import jax  # pylint: disable=g-import-not-at-top
+  step_a, state_a = final_state(workdir)
+  step_b, state_b = final_state(reference)
+  assert step_a == step_b == total_steps
+  leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
+  assert len(leaves_a) == len(leaves_b)
+  for a, b in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(a, b)  # Bitwise: no tolerance.
+  summary_a = json.load(open(os.path.join(workdir, 'summary.json')))
+  summary_b = json.load(open(os.path.join(reference, 'summary.json')))
+  assert set(summary_a) == set(summary_b)
+  for key in set(summary_a) - TIMING_KEYS - {'config'}:
+    assert summary_a[key] == summary_b[key], key
+  assert scalar_points(workdir) == scalar_points(reference)
+
+
+def snapshot(folder):
+  """Every file under `folder` with its size and modification time, but the
+  lock file, which names whichever trainer last held the workdir."""
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      if name == '.lock':
+        continue
+      path = os.path.join(root, name)
+      out[path] = (os.path.getsize(path), os.path.getmtime(path))
+  return out

@@ -2,18 +2,23 @@
 
 import json
 import os
+import shutil
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
+import checkpointing
 import conftest
 import input_pipeline
 import models
 import train
+import workdir_lock
 from configs import default
 
 
@@ -35,10 +40,21 @@ def test_compute_steps():
     train.compute_steps(10, 32, 1, -1, 0)
 
 
-@pytest.mark.parametrize('name', train.OPTIMIZERS)
-def test_every_optimizer_builds(name):
-  tx = train.create_optimizer(name, 0.1, 0.9, 1e-4)
-  assert tx.init({'w': jnp.ones(3)}) is not None
+@pytest.mark.parametrize('name,state_leaves', [
+    ('sgd', 1), ('momentum', 1), ('adam', 3), ('adamw', 3)])
+def test_every_optimizer_builds_its_state(name, state_leaves):
+  params = {'w': jnp.ones(3)}
+  opt_state = train.create_optimizer(name, 0.1, 0.9, 1e-4).init(params)
+  leaves = jax.tree.leaves(opt_state)
+  # Momentum: a trace per parameter. Adam: a step count, mu and nu.
+  assert len(leaves) == state_leaves
+  assert sorted(x.shape for x in leaves) == sorted(
+      [(3,)] * (state_leaves - (state_leaves > 1)) + [()] * (state_leaves > 1))
+
+
+def test_plain_sgd_has_no_state():
+  assert jax.tree.leaves(train.create_optimizer('sgd', 0.1, 0.0, 0).init(
+      {'w': jnp.ones(3)})) == []
 
 
 def test_warmup_cosine_schedule_shape():
@@ -56,6 +72,11 @@ def test_warmup_cosine_schedule_shape():
     ('batch_size', -4, 'batch_size must be > 0'),
     ('num_epochs', 0, 'num_epochs must be > 0'),
     ('num_train_steps', 0, 'num_train_steps must be -1'),
+    ('learning_rate', float('nan'), 'learning_rate must be a finite number'),
+    ('momentum', float('inf'), 'momentum must be a finite number'),
+    ('momentum', -0.5, 'momentum must be >= 0, got -0.5'),
+    ('log_every_steps', 0, 'log_every_steps must be > 0'),
+    ('checkpoint_every_steps', -10, 'checkpoint_every_steps must be > 0'),
 ])
 def test_validate_config_names_bad_value(key, value, match):
   config = default.get_config()
@@ -95,10 +116,43 @@ def test_train_step_lowers_loss_on_a_fixed_batch():
   assert int(state.step) == 10
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
   assert losses[-1] < 0.5 * losses[0]
-  accuracy = float(state.epoch_metrics.compute()['accuracy'])
-  assert 0.0 <= accuracy <= 1.0
   # The epoch accumulator counted every example of every step.
   assert int(state.epoch_metrics.accuracy.count) == 160
+  assert int(state.nonfinite_step) == -1
+
+
+class NanGradient(nn.Module):
+  """Finite outputs, NaN gradient: d sqrt(z)/dz at z = 0 times zero."""
+
+  @nn.compact
+  def __call__(self, x):
+    z = self.param('z', nn.initializers.zeros, ())
+    logits = nn.Dense(10)(x.reshape((x.shape[0], -1)))
+    return logits + 0.0 * jnp.sqrt(z)
+
+
+def test_nonfinite_gradient_with_finite_loss_is_caught_at_its_step():
+  state = train.create_train_state(
+      NanGradient(), train.create_optimizer('sgd', 0.01, 0.0, 0),
+      (28, 28, 1), 0)
+  images, labels = _fixed_batch()
+  step = jax.jit(train.train_step)
+  state = step(state, images, labels)
+  assert np.isfinite(float(state.window_metrics.compute()['loss']))
+  assert int(state.nonfinite_step) == 1
+  state = step(state, images, labels)
+  assert int(state.nonfinite_step) == 1  # The first bad step is kept.
+
+
+def test_nonfinite_parameters_with_finite_gradients_are_caught():
+  # An update that overflows (scaled by inf) from finite loss and gradients.
+  tx = optax.chain(optax.sgd(0.01), optax.scale(float('inf')))
+  state = train.create_train_state(models.create_model('mlp', 10), tx,
+                                   (28, 28, 1), 0)
+  images, labels = _fixed_batch()
+  state = jax.jit(train.train_step)(state, images, labels)
+  assert np.isfinite(float(state.window_metrics.compute()['loss']))
+  assert int(state.nonfinite_step) == 1
 
 
 def test_eval_step_masks_padding():
@@ -143,7 +197,7 @@ def test_end_to_end_on_mock_tfds_with_resume(tmp_path, monkeypatch):
   assert on_disk['config']['batch_size'] == 8
   # 40 examples / batch 8 = 5 steps per epoch: epochs end at 5, 10 and 12.
   assert [h['step'] for h in on_disk['history']] == [5, 10, 12]
-  assert 0.0 <= summary['test_accuracy'] <= 1.0
+  assert summary['test_accuracy'] == on_disk['history'][-1]['test_accuracy']
 
   step_a, params_a = _restore_params(whole)
   step_b, params_b = _restore_params(split)
@@ -164,6 +218,136 @@ def test_finished_run_is_left_alone(tmp_path, idx_dir):
   before = (open(path).read(), os.path.getmtime(path))
   assert train.train_and_evaluate(config, workdir) is None
   assert (open(path).read(), os.path.getmtime(path)) == before
+
+
+# In-process whole runs on 256 examples: 32 steps per epoch at batch 8.
+TOTAL_STEPS = 96
+
+
+def run(data_dir, workdir, **overrides):
+  config = conftest.tiny_config(data_dir, num_train_steps=TOTAL_STEPS)
+  config.update(overrides)
+  return train.train_and_evaluate(config, workdir)
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, small_data_dir):
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  run(small_data_dir, workdir)
+  return workdir
+
+
+def test_finished_run_without_results_writes_them_from_its_checkpoint(
+    tmp_path, small_data_dir, reference):
+  workdir = str(tmp_path / 'w')
+  shutil.copytree(reference, workdir)
+  for name in ('summary.json', 'metrics.png', 'predictions.png'):
+    os.remove(os.path.join(workdir, name))
+  summary = run(small_data_dir, workdir)
+  assert summary is not None
+  for name in ('metrics.png', 'predictions.png'):
+    assert os.path.isfile(os.path.join(workdir, name))
+  conftest.assert_same_run(workdir, reference, TOTAL_STEPS)
+
+
+def test_preempted_run_resumes_bitwise(tmp_path, small_data_dir, reference,
+                                       monkeypatch):
+  workdir = str(tmp_path / 'w')
+  monkeypatch.setenv('TRAINER_FAULT', 'term:step:30')
+  with pytest.raises(train.Preempted, match='stopped by SIGTERM at step 30'):
+    run(small_data_dir, workdir)
+  assert conftest.checkpoint_steps(workdir)[-1] == 30
+  monkeypatch.delenv('TRAINER_FAULT')
+  run(small_data_dir, workdir)
+  conftest.assert_same_run(workdir, reference, TOTAL_STEPS)
+
+
+@pytest.fixture(scope='module')
+def short_run(tmp_path_factory, small_data_dir):
+  """A finished 24-step run to resume from."""
+  workdir = str(tmp_path_factory.mktemp('short'))
+  run(small_data_dir, workdir, num_train_steps=24)
+  return workdir
+
+
+@pytest.mark.parametrize('overrides,expected', [
+    ({'batch_size': 16}, 'batch_size 8 there vs 16 here'),
+    ({'seed': 1}, 'seed 0 there vs 1 here'),
+    ({'model': 'mlp'}, "model 'cnn' there vs 'mlp' here"),
+    ({'optimizer': 'adam'}, "optimizer 'sgd' there vs 'adam' here"),
+    ({'lr_schedule': 'cosine'}, "lr_schedule 'constant' there vs 'cosine'"),
+    ({'dataset': 'fashion_mnist'}, 'data {'),
+])
+def test_resume_refuses_changes_that_alter_the_run(short_run, small_data_dir,
+                                                   overrides, expected):
+  before = conftest.snapshot(short_run)
+  with pytest.raises(checkpointing.IncompatibleCheckpointError) as error:
+    run(small_data_dir, short_run, num_train_steps=48, **overrides)
+  assert expected in str(error.value) and '\n' not in str(error.value)
+  assert conftest.snapshot(short_run) == before
+
+
+def test_resume_refuses_other_data(short_run, tmp_path):
+  other = conftest.make_idx_dir(str(tmp_path / 'other'), num_train=256,
+                                num_test=50, seed=1)
+  with pytest.raises(checkpointing.IncompatibleCheckpointError,
+                     match="labels_crc32"):
+    run(other, short_run, num_train_steps=48)
+
+
+def test_resume_refuses_another_cosine_length(tmp_path, small_data_dir):
+  workdir = str(tmp_path / 'w')
+  run(small_data_dir, workdir, num_train_steps=24, lr_schedule='cosine')
+  with pytest.raises(checkpointing.IncompatibleCheckpointError,
+                     match="schedule_steps {'total_steps': 24, "
+                     "'warmup_steps': 0} there vs {'total_steps': 48"):
+    run(small_data_dir, workdir, num_train_steps=48, lr_schedule='cosine')
+
+
+def test_allowed_changes_continue_and_are_logged(tmp_path, small_data_dir,
+                                                 caplog):
+  workdir = str(tmp_path / 'w')
+  run(small_data_dir, workdir, num_train_steps=24)
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(small_data_dir, copy)
+  caplog.set_level('WARNING')
+  summary = run(copy, workdir, num_train_steps=32, learning_rate=0.02,
+                log_every_steps=8)
+  assert summary['final_step'] == 32
+  assert 'Resuming at step 24 with learning_rate=0.02 (the checkpoint was ' \
+         'written with 0.01)' in caplog.text
+  assert f'Resuming at step 24 with data_dir={copy!r}' in caplog.text
+
+
+def test_second_trainer_on_a_workdir_is_refused(tmp_path, small_data_dir):
+  workdir = str(tmp_path / 'w')
+  os.makedirs(workdir)
+  with workdir_lock.hold(workdir):
+    with pytest.raises(workdir_lock.WorkdirBusy,
+                       match=f'in use by another trainer \\(pid {os.getpid()}'):
+      run(small_data_dir, workdir)
+    assert os.listdir(workdir) == ['.lock']
+  run(small_data_dir, workdir, num_train_steps=8)  # Released: runs.
+
+
+def test_divergence_stops_without_saving_nonfinite_state(tmp_path,
+                                                         small_data_dir):
+  workdir = str(tmp_path / 'w')
+  run(small_data_dir, workdir, num_train_steps=24)
+  with pytest.raises(train.DivergenceError,
+                     match='not finite at step') as error:
+    run(small_data_dir, workdir, learning_rate=1e6)
+  bad_step = int(str(error.value).split('at step ')[1].split(';')[0])
+  assert 24 < bad_step <= TOTAL_STEPS
+  assert conftest.checkpoint_steps(workdir)[-1] < bad_step
+  _, state = conftest.final_state(workdir)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
+
+
+def test_eval_batch_size_is_cut_to_the_test_set():
+  assert train.fit_eval_batch_size(1000, 50, 1) == 50
+  assert train.fit_eval_batch_size(1000, 50, 4) == 52
+  assert train.fit_eval_batch_size(20, 50, 4) == 20
 
 
 @pytest.mark.slow
