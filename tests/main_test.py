@@ -1,19 +1,27 @@
-"""Tests for main.py: bad input gets one clear line, exit 2, and no damage."""
+"""Tests for main.py and bad input: one clear line, exit 2, no damage.
+
+Whether a value is refused, and that nothing in the workdir changes, is
+checked in-process through train.train_and_evaluate; a few real `main.py`
+processes check that each kind of error becomes one `error:` line and exit 2.
+"""
 
 import os
-import resource
-import signal
+import shlex
+import subprocess
+import sys
 
 import pytest
 
 import conftest
+import input_pipeline
+import train
 
 TIMEOUT = 120
 
 
-def run_main(workdir, *args, env=None, preexec_fn=None):
+def run_main(workdir, *args, env=None):
   return conftest.run_python(['main.py', f'--workdir={workdir}', *args],
-                             env=env, timeout=TIMEOUT, preexec_fn=preexec_fn)
+                             env=env, timeout=TIMEOUT)
 
 
 def tiny_args(data_dir, *overrides):
@@ -23,14 +31,10 @@ def tiny_args(data_dir, *overrides):
           *overrides]
 
 
-def snapshot(folder):
-  """Every file under `folder` with its size and modification time."""
-  out = {}
-  for root, _, files in os.walk(folder):
-    for name in files:
-      path = os.path.join(root, name)
-      out[path] = (os.path.getsize(path), os.path.getmtime(path))
-  return out
+def tiny_config(data_dir, **overrides):
+  return conftest.tiny_config(
+      data_dir, **dict({'num_train_steps': 24, 'checkpoint_every_steps': 12},
+                       **overrides))
 
 
 @pytest.fixture(scope='module')
@@ -42,9 +46,44 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory, data_dir):
   workdir = str(tmp_path_factory.mktemp('run'))
-  result = run_main(workdir, *tiny_args(data_dir))
-  assert result.returncode == 0, result.stderr[-3000:]
+  train.train_and_evaluate(tiny_config(data_dir), workdir)
   return workdir
+
+
+def assert_one_error_line(result, expected, code=2):
+  assert result.returncode == code, result.stderr[-3000:]
+  errors = conftest.error_lines(result.stderr)
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert expected in errors[0], errors[0]
+  assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('overrides,expected', [
+    ({'learning_rate': 0.0}, 'learning_rate must be > 0, got 0'),
+    ({'learning_rate': float('nan')},
+     'learning_rate must be a finite number, got nan'),
+    ({'weight_decay': float('inf')},
+     'weight_decay must be a finite number, got inf'),
+    ({'batch_size': 0}, 'batch_size must be > 0, got 0'),
+    ({'num_epochs': -1}, 'num_epochs must be > 0, got -1'),
+    ({'log_every_steps': 0}, 'log_every_steps must be > 0, got 0'),
+    ({'checkpoint_every_steps': -5},
+     'checkpoint_every_steps must be > 0, got -5'),
+    ({'warmup_epochs': -1.0}, 'warmup_epochs must be >= 0, got -1.0'),
+    ({'model': 'vit'}, "unknown model 'vit'; accepted: cnn, mlp"),
+    ({'optimizer': 'rmsprop'},
+     "unknown optimizer 'rmsprop'; accepted: sgd, momentum, adam, adamw"),
+    ({'lr_schedule': 'step'}, "unknown lr_schedule 'step'"),
+    ({'batch_size': 128}, 'batch_size 128 is larger than the training set'),
+])
+def test_bad_config_is_refused_and_run_untouched(finished_run, data_dir,
+                                                 overrides, expected):
+  before = conftest.snapshot(finished_run)
+  with pytest.raises(train.ConfigError) as error:
+    train.train_and_evaluate(tiny_config(data_dir, **overrides),
+                             finished_run)
+  assert expected in str(error.value) and '\n' not in str(error.value)
+  assert conftest.snapshot(finished_run) == before
 
 
 def _bad_idx_dir(tmp_path, kind):
@@ -52,90 +91,101 @@ def _bad_idx_dir(tmp_path, kind):
                                num_test=20)
   if kind == 'missing':
     os.remove(os.path.join(path, 't10k-images-idx3-ubyte'))
-  else:
+  elif kind == 'magic':
     with open(os.path.join(path, 'train-images-idx3-ubyte'), 'r+b') as f:
-      f.write(b'\x12\x34')  # Corrupt the magic number.
+      f.write(b'\x12\x34')
+  elif kind == 'sizes':
+    conftest.write_idx(os.path.join(path, 't10k-images-idx3-ubyte'),
+                       [[[0] * 20] * 20] * 20)
+  elif kind == 'labels':
+    conftest.write_idx(os.path.join(path, 'train-labels-idx1-ubyte'),
+                       [12] * 64)
   return path
-
-
-@pytest.mark.parametrize('overrides,env,expected', [
-    (['--config.learning_rat=0.1'], {},
-     "unknown config key 'learning_rat' (did you mean 'learning_rate'?)"),
-    (['--config.learning_rate=0'], {}, 'learning_rate must be > 0, got 0'),
-    (['--config.learning_rate=-0.5'], {},
-     'learning_rate must be > 0, got -0.5'),
-    (['--config.batch_size=0'], {}, 'batch_size must be > 0, got 0'),
-    (['--config.num_epochs=-1'], {}, 'num_epochs must be > 0, got -1'),
-    (['--config.batch_size=30'],
-     {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'},
-     'batch_size 30 is not divisible by the 4 devices'),
-    (['--config.dataset=no_such_set', '--config.data_dir='], {},
-     "unknown dataset 'no_such_set'"),
-    (['--config.model=vit'], {}, "unknown model 'vit'; accepted: cnn, mlp"),
-    (['--config.optimizer=rmsprop'], {},
-     "unknown optimizer 'rmsprop'; accepted: sgd, momentum, adam, adamw"),
-    (['--config.lr_schedule=step'], {}, "unknown lr_schedule 'step'"),
-    (['--config.data_dir=/no/such/folder'], {},
-     "data_dir '/no/such/folder' does not exist"),
-    (['--config.batch_size=abc'], {}, 'flag --config.batch_size=abc'),
-])
-def test_bad_config_one_line_exit_2_run_untouched(finished_run, data_dir,
-                                                  overrides, env, expected):
-  before = snapshot(finished_run)
-  result = run_main(finished_run, *tiny_args(data_dir, *overrides), env=env)
-  assert result.returncode == 2, result.stderr[-3000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1, result.stderr[-3000:]
-  assert expected in errors[0]
-  assert 'Traceback' not in result.stderr
-  assert snapshot(finished_run) == before
 
 
 @pytest.mark.parametrize('kind,expected', [
     ('missing', 'is missing t10k-images-idx3-ubyte'),
-    ('malformed', 'bad IDX magic number'),
+    ('magic', 'bad IDX magic number'),
+    ('sizes', 'train images are (28, 28, 1) but test images are (20, 20, 1)'),
+    ('labels', "labels go up to 12, but dataset 'fashion_mnist' has 10"),
 ])
-def test_bad_data_dir_is_named(tmp_path, finished_run, kind, expected):
-  before = snapshot(finished_run)
+def test_bad_data_dir_is_named_and_run_untouched(tmp_path, finished_run,
+                                                 kind, expected):
+  before = conftest.snapshot(finished_run)
   bad = _bad_idx_dir(tmp_path, kind)
-  result = run_main(finished_run, *tiny_args(bad))
-  assert result.returncode == 2, result.stderr[-3000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1 and expected in errors[0] and bad in errors[0]
-  assert snapshot(finished_run) == before
+  with pytest.raises(input_pipeline.DataError) as error:
+    train.train_and_evaluate(
+        tiny_config(bad, dataset='fashion_mnist'), finished_run)
+  assert expected in str(error.value) and bad in str(error.value)
+  assert conftest.snapshot(finished_run) == before
 
 
-def test_unwritable_workdir(tmp_path, data_dir):
+def test_workdir_that_is_a_file(tmp_path, data_dir):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a folder')
-  result = run_main(str(blocker / 'run'), *tiny_args(data_dir))
-  assert result.returncode == 2, result.stderr[-3000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert len(errors) == 1 and 'cannot be written' in errors[0]
+  with pytest.raises(train.ConfigError, match='is a file; give a folder'):
+    train.train_and_evaluate(tiny_config(data_dir), str(blocker))
+  with pytest.raises(train.ConfigError, match='cannot be written'):
+    train.train_and_evaluate(tiny_config(data_dir), str(blocker / 'run'))
+  assert blocker.read_text() == 'not a folder'
 
 
-def test_missing_config_file(tmp_path):
-  result = run_main(str(tmp_path / 'w'), '--config=configs/nope.py')
-  assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      'error: cannot load --config')
+def test_eval_batch_larger_than_the_test_set_evaluates_every_example_once(
+    tmp_path, data_dir):
+  summary = train.train_and_evaluate(
+      tiny_config(data_dir, eval_batch_size=1000), str(tmp_path / 'w'))
+  reference = train.train_and_evaluate(
+      tiny_config(data_dir, eval_batch_size=20), str(tmp_path / 'r'))
+  assert summary['test_accuracy'] == reference['test_accuracy']
 
 
-def _limit_file_size():
-  # Files may not grow past 1 MiB: the checkpoint's ~6 MiB array file fails
-  # the way it would on a full disk. Ignore SIGXFSZ so writes get EFBIG.
-  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-  resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+# The CLI: each kind of failure is one line and the right exit code.
+@pytest.mark.parametrize('args,expected', [
+    (['--config.learning_rat=0.1'],
+     "unknown config key 'learning_rat' (did you mean 'learning_rate'?)"),
+    (['--config.batch_size=abc'], 'flag --config.batch_size=abc'),
+    (['--config.learning_rate=nan'], 'learning_rate must be a finite number'),
+    (['--config.data_dir=/no/such/folder'],
+     "data_dir '/no/such/folder' does not exist"),
+])
+def test_cli_bad_config_one_line_exit_2(finished_run, data_dir, args,
+                                        expected):
+  before = conftest.snapshot(finished_run)
+  result = run_main(finished_run, *tiny_args(data_dir, *args))
+  assert_one_error_line(result, expected)
+  assert conftest.snapshot(finished_run) == before
+
+
+@pytest.mark.parametrize('text,expected', [
+    (None, 'cannot load --config: [Errno 2] No such file or directory'),
+    ('def get_config(:\n', 'line 1: invalid syntax'),
+    ('x = 1\n', 'defines no get_config()'),
+    ('def get_config():\n  return 5\n',
+     'get_config() returned int, not an ml_collections.ConfigDict'),
+])
+def test_cli_bad_config_file_one_line_exit_2(tmp_path, text, expected):
+  path = tmp_path / 'config.py'
+  if text is not None:
+    path.write_text(text)
+  result = run_main(str(tmp_path / 'w'), f'--config={path}')
+  assert_one_error_line(result, expected)
+  assert not os.path.exists(tmp_path / 'w')
 
 
 def test_full_disk_keeps_earlier_checkpoints(tmp_path, data_dir):
   workdir = str(tmp_path / 'w')
-  assert run_main(workdir, *tiny_args(data_dir)).returncode == 0
+  train.train_and_evaluate(tiny_config(data_dir), workdir)
   longer = tiny_args(data_dir, '--config.num_train_steps=48')
-  result = run_main(workdir, *longer, preexec_fn=_limit_file_size)
+  # Files may not grow past 1 MiB: the checkpoint's ~6 MiB array file fails
+  # the way it would on a full disk (SIGXFSZ ignored, so writes get EFBIG).
+  command = ' '.join(shlex.quote(a) for a in [
+      sys.executable, 'main.py', f'--workdir={workdir}', *longer])
+  result = subprocess.run(
+      ['bash', '-c', f'trap "" XFSZ; ulimit -f 1024; exec {command}'],
+      cwd=conftest.ROOT, capture_output=True, text=True, timeout=TIMEOUT)
   assert result.returncode == 1, result.stderr[-3000:]
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  errors = conftest.error_lines(result.stderr)
   assert len(errors) == 1 and 'could not write a checkpoint' in errors[0]
-  resumed = run_main(workdir, *longer)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'Resumed from step 24' in resumed.stderr
+  summary = train.train_and_evaluate(
+      tiny_config(data_dir, num_train_steps=48), workdir)
+  assert summary['history'][0]['step'] == 8  # Kept from the first session.
