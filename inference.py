@@ -180,7 +180,7 @@ def load_image(path: str, image_shape: Sequence[int]) -> np.ndarray:
   with Image.open(path) as image:
     if image.width * image.height > MAX_IMAGE_PIXELS:
       raise ValueError(f'{image.width}x{image.height} pixels is more than '
-                       f'the {MAX_IMAGE_PIXELS // 2**20} MP accepted')
+                       f'the {MAX_IMAGE_PIXELS:,} accepted')
     if image.mode.startswith('I;16') or image.mode in ('I', 'F'):
       # 16- and 32-bit grey: scale to 8 bits rather than let convert() clip
       # everything above 255 to white.
@@ -213,7 +213,7 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
       detail = (str(e).splitlines() or [type(e).__name__])[0][:120]
       results[path] = (f'{path}: error: cannot read image ({detail}); '
                        f'accepted: PNG, JPEG, GIF and other formats PIL '
-                       f'reads, up to {MAX_IMAGE_PIXELS // 2**20} MP')
+                       f'reads, up to {MAX_IMAGE_PIXELS:,} pixels')
   if images:
     mesh = train.Mesh()
     state = restore(workdir, config, step, info, mesh)

@@ -23,6 +23,7 @@ import pytest
 
 import conftest
 import distributed
+import train
 
 ATOL = 1e-5
 METRIC_RTOL = 1e-4
@@ -118,9 +119,10 @@ def data_dir(small_data_dir):
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory, data_dir):
+  """One device, in this process."""
   workdir = str(tmp_path_factory.mktemp('one_device'))
-  result = run(workdir, data_dir)
-  assert result.returncode == 0, result.stderr[-3000:]
+  train.train_and_evaluate(conftest.tiny_config(
+      data_dir, num_train_steps=STEPS, max_checkpoints_to_keep=3), workdir)
   return workdir
 
 
@@ -149,7 +151,8 @@ def test_four_devices_match_one_device(tmp_path, data_dir, reference):
   assert_close_runs(workdir, reference)
 
 
-@pytest.mark.parametrize('before,after', [(4, 1), (1, 2)])
+@pytest.mark.parametrize('before,after', [
+    (4, 1), pytest.param(1, 2, marks=pytest.mark.slow)])
 def test_checkpoint_restores_on_another_device_count(tmp_path, data_dir,
                                                      reference, before,
                                                      after):
@@ -183,12 +186,26 @@ def test_two_processes_killed_resumed_match_one_process(tmp_path, data_dir,
 
 
 @pytest.mark.slow
-def test_two_process_checkpoint_restores_on_one_device(tmp_path, data_dir,
-                                                       reference):
+def test_two_processes_agree_on_restore_then_restore_on_one_device(
+    tmp_path, data_dir, reference):
   workdir = str(tmp_path / 'w')
   results = run_processes(workdir, data_dir, faults=('kill:step:60',
                                                      'kill:step:60'))
   assert [code for code, _ in results] == [-signal.SIGKILL] * 2
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
+                                                         'checkpoints'))
+                 if s.isdigit())
+  # An I/O error on process 1 alone: both stop with it, nothing is moved,
+  # neither quietly resumes from an older step nor waits for the other.
+  results = run_processes(workdir, data_dir,
+                          faults=(None, f'eio:restore:{steps[-1]}'))
+  for code, err in results:
+    assert code == 1, err[-3000:]
+    errors = [l for l in err.splitlines() if l.startswith('error:')]
+    assert len(errors) == 1 and f'checkpoint {steps[-1]} in' in errors[0]
+  assert 'injected I/O error' in results[1][1]
+  assert 'failed on another process' in results[0][1]
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints_unreadable'))
   resumed = run(workdir, data_dir, devices=1)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resumed from step' in resumed.stderr

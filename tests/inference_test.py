@@ -1,4 +1,5 @@
-"""Tests for inference.py via main.py --mode=eval/predict on a real run."""
+"""Tests for inference.py: eval and predict on a run trained in-process, and
+one `main.py --mode=predict` process for the command line."""
 
 import json
 import os
@@ -8,34 +9,27 @@ import pytest
 from PIL import Image
 
 import conftest
+import inference
+import train
 
 TIMEOUT = 300
-
-
-def run_main(*args):
-  return conftest.run_python(['main.py', *args], timeout=TIMEOUT)
+FASHION_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, small_data_dir):
-  data = small_data_dir
   workdir = str(tmp_path_factory.mktemp('run'))
-  result = run_main(f'--workdir={workdir}', '--config=configs/default.py',
-                    '--config.dataset=fashion_mnist',
-                    f'--config.data_dir={data}', '--config.batch_size=8',
-                    '--config.eval_batch_size=20',
-                    '--config.num_train_steps=80',
-                    '--config.checkpoint_every_steps=24',
-                    '--config.max_checkpoints_to_keep=1')
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir, data
+  config = conftest.tiny_config(small_data_dir, dataset='fashion_mnist',
+                                num_train_steps=80, max_checkpoints_to_keep=1)
+  train.train_and_evaluate(config, workdir)
+  return workdir, inference.load_config(workdir)
 
 
 def test_eval_equals_final_training_metrics_exactly(trained):
-  workdir, _ = trained
-  result = run_main('--mode=eval', f'--workdir={workdir}')
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = json.load(open(os.path.join(workdir, 'eval.json')))
+  workdir, config = trained
+  report = inference.evaluate_checkpoint(config, workdir)
+  assert report == json.load(open(os.path.join(workdir, 'eval.json')))
   summary = json.load(open(os.path.join(workdir, 'summary.json')))
   assert report['checkpoint_step'] == 80
   assert report['loss'] == summary['test_loss']
@@ -43,67 +37,99 @@ def test_eval_equals_final_training_metrics_exactly(trained):
   confusion = np.array(report['confusion_matrix'])
   assert confusion.shape == (10, 10) and confusion.sum() == 50
   assert np.trace(confusion) / 50 == pytest.approx(report['accuracy'])
-  assert set(report['per_class']) == {'T-shirt/top', 'Trouser', 'Pullover',
-                                      'Dress', 'Coat', 'Sandal', 'Shirt',
-                                      'Sneaker', 'Bag', 'Ankle boot'}
+  assert set(report['per_class']) == set(FASHION_NAMES)
   assert os.path.isfile(os.path.join(workdir, 'confusion.png'))
-  assert 'accuracy' in result.stdout
+  assert 'accuracy' in inference.format_report(report)
 
 
 def test_best_checkpoint_is_kept_and_evaluates_to_its_score(trained):
-  workdir, _ = trained
+  workdir, config = trained
   summary = json.load(open(os.path.join(workdir, 'summary.json')))
   best_step = summary['best_step']
   # max_checkpoints_to_keep=1 keeps the latest; the best survives as well.
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(best_step)))
-  result = run_main('--mode=eval', f'--workdir={workdir}',
-                    '--checkpoint=best')
-  assert result.returncode == 0, result.stderr[-3000:]
-  report = json.load(open(os.path.join(workdir, 'eval.json')))
+  report = inference.evaluate_checkpoint(config, workdir, 'best')
   assert report['checkpoint_step'] == best_step
   assert report['accuracy'] == summary['best_test_accuracy']
 
 
 def test_bad_checkpoint_name_is_refused(trained):
-  workdir, _ = trained
-  result = run_main('--mode=eval', f'--workdir={workdir}',
-                    '--checkpoint=nope')
-  assert result.returncode == 2
-  assert "--checkpoint='nope': accepted are latest, best" in result.stderr
+  workdir, config = trained
+  with pytest.raises(inference.InferenceError,
+                     match="--checkpoint='nope': accepted are latest, best"):
+    inference.evaluate_checkpoint(config, workdir, 'nope')
 
 
-def test_predict_reports_top3_and_bad_files(trained, tmp_path):
-  workdir, _ = trained
-  big_color = tmp_path / 'big_color.png'
-  Image.fromarray(np.random.default_rng(0).integers(
-      0, 255, (64, 48, 3), dtype=np.uint8)).save(big_color)
-  gray = tmp_path / 'gray.jpg'
-  Image.fromarray(np.zeros((28, 28), np.uint8)).save(gray)
-  bogus = tmp_path / 'notes.txt'
-  bogus.write_text('not an image')
-  result = run_main('--mode=predict', f'--workdir={workdir}',
-                    str(big_color), str(bogus), str(gray))
-  assert result.returncode == 1
-  lines = result.stdout.strip().splitlines()
-  assert len(lines) == 3
-  assert lines[0].startswith(f'{big_color}: ')
-  assert lines[1].startswith(f'{bogus}: error: cannot read image')
-  assert lines[2].startswith(f'{gray}: ')
-  for line in (lines[0], lines[2]):
+def _save(path, array, mode=None, **kwargs):
+  Image.fromarray(array, mode).save(path, **kwargs)
+  return str(path)
+
+
+@pytest.fixture
+def images(tmp_path):
+  rng = np.random.default_rng(0)
+  good = {
+      'big_color.png': _save(tmp_path / 'big_color.png', rng.integers(
+          0, 255, (64, 48, 3), dtype=np.uint8)),
+      'gray.jpg': _save(tmp_path / 'gray.jpg', np.zeros((28, 28), np.uint8)),
+      'rgba.png': _save(tmp_path / 'rgba.png', rng.integers(
+          0, 255, (30, 30, 4), dtype=np.uint8)),
+      'sixteen_bit.png': _save(tmp_path / 'sixteen_bit.png', np.full(
+          (28, 28), 40000, np.uint16)),
+      'anim.gif': _save(tmp_path / 'anim.gif', rng.integers(
+          0, 255, (28, 28), dtype=np.uint8)),
+  }
+  (tmp_path / 'empty.png').write_bytes(b'')
+  (tmp_path / 'notes.txt').write_text('not an image')
+  bad = {'empty.png': str(tmp_path / 'empty.png'),
+         'notes.txt': str(tmp_path / 'notes.txt')}
+  return good, bad
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(images):
+  good, _ = images
+  array = inference.load_image(good['sixteen_bit.png'], (28, 28, 1))
+  np.testing.assert_allclose(array, round(40000 / 65535 * 255) / 255)
+
+
+def test_huge_images_are_refused_by_size(images, monkeypatch):
+  good, _ = images
+  monkeypatch.setattr(inference, 'MAX_IMAGE_PIXELS', 1000)
+  with pytest.raises(ValueError, match='48x64 pixels is more than the 1,000 accepted'):
+    inference.load_image(good['big_color.png'], (28, 28, 1))
+
+
+def test_predict_reports_top3_and_names_bad_files(trained, images):
+  workdir, config = trained
+  good, bad = images
+  paths = list(good.values()) + list(bad.values())
+  lines, failed = inference.predict_files(config, workdir, paths)
+  assert failed == list(bad.values())
+  assert len(lines) == len(paths)
+  for path, line in zip(paths, lines):
+    assert line.startswith(f'{path}: ')
+    if path in failed:
+      assert 'error: cannot read image' in line and 'accepted:' in line
+      continue
     parts = line.split(': ', 1)[1].split(', ')
-    assert len(parts) == 3
     probs = [float(p.rsplit(' ', 1)[1]) for p in parts]
-    assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-3
-    names = [p.rsplit(' ', 1)[0] for p in parts]
-    assert all(n in ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
-                     'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
-               for n in names)
+    assert len(parts) == 3 and probs == sorted(probs, reverse=True)
+    assert all(p.rsplit(' ', 1)[0] in FASHION_NAMES for p in parts)
+  assert 'the file is empty' in lines[paths.index(bad['empty.png'])]
 
 
-def test_predict_of_good_images_exits_0(trained, tmp_path):
+def test_predict_command_line_exit_codes(trained, images):
   workdir, _ = trained
-  path = tmp_path / 'x.png'
-  Image.fromarray(np.full((30, 30), 200, np.uint8)).save(path)
-  result = run_main('--mode=predict', f'--workdir={workdir}', str(path))
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.startswith(f'{path}: ')
+  good, bad = images
+  ok = conftest.run_python(['main.py', '--mode=predict',
+                            f'--workdir={workdir}', good['gray.jpg']],
+                           timeout=TIMEOUT)
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  assert ok.stdout.startswith(f'{good["gray.jpg"]}: ')
+  mixed = conftest.run_python(['main.py', '--mode=predict',
+                               f'--workdir={workdir}', bad['notes.txt'],
+                               good['gray.jpg']], timeout=TIMEOUT)
+  assert mixed.returncode == 1
+  lines = mixed.stdout.strip().splitlines()
+  assert lines[0].startswith(f'{bad["notes.txt"]}: error: cannot read image')
+  assert lines[1].startswith(f'{good["gray.jpg"]}: ')
