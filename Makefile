@@ -7,7 +7,7 @@ CONFIG ?= configs/fashion_mnist.py
 WORKDIR ?= runs/fashion_mnist
 ARGS ?=
 
-.PHONY: venv data train test
+.PHONY: venv data train test test-all
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +33,9 @@ data:
 train: venv data
 	$(PY) main.py --workdir=$(WORKDIR) --config=$(CONFIG) $(ARGS)
 
+# The fast suite (not the tests marked slow); test-all runs every test, as CI.
 test: venv data
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -m "not slow" --durations=5 $(ARGS)
+
+test-all: venv data
+	$(PY) -m pytest -q --durations=10 $(ARGS)
