@@ -3,15 +3,21 @@
 A trial is a dict of config overrides. Each runs as `main.py` in its own
 process and its own workdir, named after its overrides, so a sweep resumes
 the way a single run does: finished trials (summary.json present) are
-skipped, interrupted ones continue from their checkpoints.
+skipped, interrupted ones continue from their checkpoints. The config.json
+main.py leaves in a trial's workdir says what the trial was run with; a rerun
+whose base config or fixed overrides differ is refused rather than mixed in.
 """
 
+import copy
 import csv
-import importlib.util
+import functools
 import itertools
 import json
+import math
 import os
 import re
+import reprlib
+import runpy
 import signal
 import subprocess
 import sys
@@ -22,8 +28,14 @@ from typing import Any, Optional, Sequence
 import ml_collections
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+MAIN = os.path.join(ROOT, 'main.py')
 # As train.EXIT_PREEMPTED; not imported, to keep JAX out of this process.
 EXIT_PREEMPTED = 75
+# A child that dies of one of these (or exits 128 + it, as shells and
+# re-raising handlers report it) was stopped, not broken: it resumes.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGKILL)
+ACCEPTED = {bool: 'true or false', int: 'an integer',
+            float: 'a finite number'}
 _running: dict[int, subprocess.Popen] = {}
 _running_lock = threading.Lock()
 
@@ -39,7 +51,7 @@ def parse_value(config: ml_collections.ConfigDict, key: str, text: Any):
                      f'{", ".join(sorted(config.keys()))}')
   current = config[key]
   if not isinstance(text, str):  # From a sweep file: check the type only.
-    text = str(text).lower() if isinstance(text, bool) else str(text)
+    text = format_value(text)
   try:
     if isinstance(current, bool):
       if text.lower() not in ('true', 'false'):
@@ -48,50 +60,74 @@ def parse_value(config: ml_collections.ConfigDict, key: str, text: Any):
     if isinstance(current, int):
       return int(text)
     if isinstance(current, float):
+      if not math.isfinite(float(text)):
+        raise ValueError(text)
       return float(text)
     return text
   except ValueError:
-    raise SweepError(f'bad value {text!r} for {key} (a '
-                     f'{type(current).__name__} in the config)') from None
+    kind = type(current)
+    raise SweepError(f'bad value {text!r} for {key} (a {kind.__name__} in '
+                     f'the config; accepted: {ACCEPTED[kind]})') from None
 
 
 def parse_sweep_flags(config, specs: Sequence[str]) -> list[dict]:
   """['lr=0.1,0.2', 'batch_size=32,64'] -> the cross product of overrides."""
-  axes = []
+  axes = {}
   for spec in specs:
     key, sep, values = spec.partition('=')
     if not sep or not key:
       raise SweepError(f'--sweep={spec!r} is not KEY=V1,V2,...')
     items = [v.strip() for v in values.split(',') if v.strip()]
     if not items:
-      raise SweepError(f'--sweep={spec!r} lists no values')
-    if key in [k for k, _ in axes]:
-      raise SweepError(f'--sweep names {key!r} twice')
-    axes.append((key, [parse_value(config, key, v) for v in items]))
-  keys = [k for k, _ in axes]
-  return [dict(zip(keys, combo))
-          for combo in itertools.product(*[v for _, v in axes])]
+      raise SweepError(f'--sweep={spec!r} lists no values; accepted: '
+                       f'{key}=V1,V2,... with at least one value')
+    if key in axes:
+      raise SweepError(f'--sweep names {key!r} twice ({spec!r} and an '
+                       f'earlier one); accepted: one --sweep={key}=V1,V2,... '
+                       f'listing all its values')
+    axes[key] = [parse_value(config, key, v) for v in items]
+  return [dict(zip(axes, combo)) for combo in itertools.product(
+      *axes.values())]
+
+
+def _call_get_sweep(path: str):
+  """What get_sweep() of the Python file at `path` returns."""
+  accepted = 'accepted: a Python file defining get_sweep()'
+  if not os.path.isfile(path):
+    raise SweepError(f'--sweep_file {path!r} does not exist; {accepted}')
+  try:
+    get_sweep = runpy.run_path(path).get('get_sweep')
+  except Exception as e:  # pylint: disable=broad-except
+    raise SweepError(f'--sweep_file {path!r} does not load '
+                     f'({_one_line(e)}); {accepted}') from None
+  if not callable(get_sweep):
+    raise SweepError(f'--sweep_file {path!r} has no get_sweep(); {accepted}')
+  try:
+    return get_sweep()
+  except Exception as e:  # pylint: disable=broad-except
+    raise SweepError(f'--sweep_file {path!r}: get_sweep() raised '
+                     f'{_one_line(e)}') from None
+
+
+def _one_line(error: Exception) -> str:
+  lines = str(error).strip().splitlines()
+  return type(error).__name__ + (f': {lines[0]}' if lines else '')
 
 
 def load_sweep_file(config, path: str) -> list[dict]:
   """Trials from a Python file whose get_sweep() returns override dicts."""
-  if not os.path.isfile(path):
-    raise SweepError(f'--sweep_file {path!r} does not exist')
-  spec = importlib.util.spec_from_file_location('sweep_file', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, 'get_sweep'):
-    raise SweepError(f'{path} has no get_sweep() function')
-  trials = module.get_sweep()
+  trials = _call_get_sweep(path)
   if not isinstance(trials, list) or not trials or not all(
       isinstance(t, dict) and t for t in trials):
-    raise SweepError(f'{path}: get_sweep() must return a non-empty list of '
+    raise SweepError(f'--sweep_file {path!r}: get_sweep() returned '
+                     f'{reprlib.repr(trials)}; accepted: a non-empty list of '
                      f'non-empty {{key: value}} dicts')
   return [{k: parse_value(config, k, v) for k, v in t.items()}
           for t in trials]
 
 
 def build_trials(config, specs, sweep_file, fixed_keys=()) -> list[dict]:
+  """The trials of --sweep and --sweep_file, each once; SweepError if bad."""
   trials = parse_sweep_flags(config, specs) if specs else []
   if sweep_file:
     trials += load_sweep_file(config, sweep_file)
@@ -100,22 +136,94 @@ def build_trials(config, specs, sweep_file, fixed_keys=()) -> list[dict]:
                      '--sweep_file')
   for key in {k for t in trials for k in t}:
     if key in fixed_keys:
-      raise SweepError(f'{key!r} is both fixed (--config.{key}) and swept')
+      raise SweepError(f'{key!r} is both fixed (--config.{key}) and swept; '
+                       f'accepted: one of the two')
   unique = []
   for trial in trials:
     if trial not in unique:
       unique.append(trial)
+  check_folder_names(unique)
   return unique
+
+
+def check_folder_names(trials: Sequence[dict]):
+  """SweepError if two trials would share a workdir (names drop characters)."""
+  names = {}
+  for trial in trials:
+    other = names.setdefault(trial_name(trial), trial)
+    if other is not trial:
+      raise SweepError(f'trials {other} and {trial} would share the folder '
+                       f'{trial_name(trial)!r}; accepted: values that differ '
+                       f'in letters, digits or _.,=+-')
+
+
+def check_options(workdir: str, parallel: int, visible_devices: Sequence[str]):
+  """SweepError for a --workdir, --parallel or --visible_devices unusable."""
+  if parallel < 1:
+    raise SweepError(f'--parallel={parallel}; accepted: an integer >= 1')
+  if any(not d.strip() for d in visible_devices):
+    raise SweepError(f'--visible_devices={",".join(visible_devices)!r} has '
+                     f'an empty id; accepted: GPU ids such as 0,1,2,3')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise SweepError(f'--workdir {workdir!r} is an existing file; accepted: '
+                     f'a folder, new or from an earlier run of this sweep')
 
 
 def format_value(value) -> str:
   return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def override_args(overrides: dict) -> list[str]:
+  """{key: value} -> ['--config.KEY=VALUE', ...], as main.py parses back."""
+  return [f'--config.{k}={format_value(v)}' for k, v in overrides.items()]
+
+
 def trial_name(trial: dict) -> str:
   """A readable folder name: 'learning_rate=0.05,batch_size=64'."""
   text = ','.join(f'{k}={format_value(v)}' for k, v in trial.items())
   return re.sub(r'[^A-Za-z0-9_.,=+-]', '_', text)
+
+
+def expected_config(config: ml_collections.ConfigDict, trial: dict) -> dict:
+  """The config.json main.py writes for `trial`, as json.load reads it."""
+  config = copy.deepcopy(config)  # Keeps references: a linked key follows.
+  config.update(trial)
+  return json.loads(json.dumps(config.to_dict()))
+
+
+def check_recorded_configs(workdir: str, config, trials: Sequence[dict]):
+  """SweepError if a trial's folder holds a run of another config.
+
+  Folders are named after the swept keys only, so without this a rerun with
+  another base config or fixed override would take old results as its own.
+  """
+  for trial in trials:
+    path = os.path.join(workdir, trial_name(trial), 'config.json')
+    if not os.path.isfile(path):
+      continue
+    with open(path) as f:
+      recorded = json.load(f)
+    wanted = expected_config(config, trial)
+    key = _first_difference(recorded, wanted)
+    if key:
+      raise SweepError(
+          f'trial {trial_name(trial)} in {workdir} was run with '
+          f'{_show(recorded, key)}, this sweep gives {_show(wanted, key)}; '
+          f'accepted: the base config and fixed --config values it was run '
+          f'with, or another --workdir')
+
+
+def _first_difference(recorded: dict, wanted: dict) -> Optional[str]:
+  """The first key (in `wanted`'s order) whose value or presence differs."""
+  for key in [*wanted, *(k for k in recorded if k not in wanted)]:
+    if (key in recorded) != (key in wanted) or (
+        recorded.get(key) != wanted.get(key)):
+      return key
+  return None
+
+
+def _show(config: dict, key: str) -> str:
+  return f'{key}={config[key]!r}' if key in config else f'no {key}'
 
 
 def trial_status(workdir: str) -> str:
@@ -128,6 +236,15 @@ def trial_status(workdir: str) -> str:
   return 'pending'
 
 
+def exit_status(code: int) -> str:
+  """'done', 'interrupted' (resumable) or 'failed', from main.py's code."""
+  if code == 0:
+    return 'done'
+  if code == EXIT_PREEMPTED or code < 0 or code - 128 in STOP_SIGNALS:
+    return 'interrupted'
+  return 'failed'
+
+
 def stop_running(signum=signal.SIGTERM):
   """Asks every running trial to checkpoint and stop."""
   with _running_lock:
@@ -135,37 +252,88 @@ def stop_running(signum=signal.SIGTERM):
       proc.send_signal(signum)
 
 
-def run_trial(workdir, config_file, fixed, trial, device=None) -> str:
-  """Runs one trial to its end in a child process; returns its status."""
+def handle_signal(stop: threading.Event, signum, frame=None):
+  """First signal: running trials checkpoint and stop, no new one starts.
+
+  A second one is passed on (main.py's last resort: stop at once) and ends
+  the sweep with EXIT_PREEMPTED; what was saved resumes on a rerun.
+
+  Args:
+    stop: set by the first signal; run_trial starts nothing once it is set.
+    signum: the signal.
+    frame: unused.
+  """
+  del frame
+  name = signal.Signals(signum).name
+  if stop.is_set():
+    print(f'[sweep] second {name}: stopping now; run the same command '
+          f'again to continue', file=sys.stderr, flush=True)
+    stop_running(signum)
+    os._exit(EXIT_PREEMPTED)  # pylint: disable=protected-access
+  stop.set()
+  print(f'[sweep] {name}: running trials save a checkpoint and stop; run '
+        f'the same command again to continue', file=sys.stderr, flush=True)
+  stop_running(signal.SIGTERM)
+
+
+def _start(args, log, env, stop) -> Optional[subprocess.Popen]:
+  """Starts main.py unless `stop` is set; None if it is.
+
+  The check and the start hold the lock stop_running takes, so a signal
+  that comes in between finds the child registered and stops it.
+  """
+  with _running_lock:
+    if stop is not None and stop.is_set():
+      return None
+    # No cwd: the child starts where the user does, so relative paths
+    # (--config, data_dir) mean what they mean to main.py run from there.
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    _running[proc.pid] = proc
+  return proc
+
+
+def run_trial(workdir, config_file, fixed, trial, device=None,
+              stop=None) -> Optional[str]:
+  """Runs one trial to its end in a child process.
+
+  Args:
+    workdir: the trial's own folder.
+    config_file: the base config, as main.py's --config.
+    fixed: {key: value} overrides of every trial.
+    trial: {key: value} overrides of this one.
+    device: CUDA_VISIBLE_DEVICES for the child; None leaves it alone.
+    stop: once set, the trial does not start.
+
+  Returns:
+    'done', 'interrupted' or 'failed'; None if `stop` kept it from starting.
+  """
   os.makedirs(workdir, exist_ok=True)
-  args = [sys.executable, os.path.join(ROOT, 'main.py'),
-          f'--workdir={workdir}', f'--config={config_file}', *fixed,
-          *[f'--config.{k}={format_value(v)}' for k, v in trial.items()]]
+  args = [sys.executable, MAIN, f'--workdir={workdir}',
+          f'--config={config_file}', *override_args({**fixed, **trial})]
   env = dict(os.environ)
   if device is not None:
     env['CUDA_VISIBLE_DEVICES'] = str(device)
   log_path = os.path.join(workdir, 'train.log')
   with open(log_path, 'a') as log:
     start = log.tell()
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                            env=env, cwd=ROOT, start_new_session=True)
-    with _running_lock:
-      _running[proc.pid] = proc
+    proc = _start(args, log, env, stop)
+    if proc is None:
+      return None
+    print(f'[sweep] {trial_name(trial)}: running', flush=True)
     code = proc.wait()
     with _running_lock:
       _running.pop(proc.pid, None)
-  if code == 0:
-    return 'done'
-  if code == EXIT_PREEMPTED or code < 0:
-    return 'interrupted'
-  with open(log_path) as f:
-    f.seek(start)
-    errors = [l.strip() for l in f if l.startswith('error:')]
-  with open(os.path.join(workdir, 'failed.json'), 'w') as f:
-    json.dump({'exit_code': code,
-               'error': errors[-1] if errors else f'exit code {code}; see '
-                                                   f'{log_path}'}, f)
-  return 'failed'
+  status = exit_status(code)
+  if status == 'failed':
+    with open(log_path) as f:
+      f.seek(start)
+      errors = [l.strip() for l in f if l.startswith('error:')]
+    with open(os.path.join(workdir, 'failed.json'), 'w') as f:
+      json.dump({'exit_code': code,
+                 'error': errors[-1] if errors else f'exit code {code}; see '
+                                                     f'{log_path}'}, f)
+  return status
 
 
 def collect(workdir: str, trial: dict) -> dict:
@@ -210,16 +378,14 @@ def run_sweep(workdir, config_file, fixed, trials, *, parallel=1,
 
   def work(item):
     trial, path = item
-    if stop.is_set():
-      return
     with slots_lock:
       slot = slots.pop(0)
     try:
       device = (visible_devices[slot % len(visible_devices)]
                 if visible_devices else None)
-      print(f'[sweep] {trial_name(trial)}: running', flush=True)
-      status = run_trial(path, config_file, fixed, trial, device)
-      print(f'[sweep] {trial_name(trial)}: {status}', flush=True)
+      status = run_trial(path, config_file, fixed, trial, device, stop)
+      if status:
+        print(f'[sweep] {trial_name(trial)}: {status}', flush=True)
     finally:
       with slots_lock:
         slots.append(slot)
@@ -272,34 +438,44 @@ def write_reports(workdir: str, rows: list[dict]) -> str:
 
 def sweep_and_report(workdir, config, config_file, fixed, specs, sweep_file,
                      *, parallel, visible_devices, retry_failed) -> int:
-  """The sweep command: checks the spec, runs, reports; returns exit code."""
-  fixed_keys = [a.split('=', 1)[0][len('--config.'):] for a in fixed]
+  """The sweep command: checks the spec, runs, reports; returns exit code.
+
+  Args:
+    workdir: the sweep's folder; relative to the current directory.
+    config: the base config with the fixed overrides applied.
+    config_file: the base config's file, as main.py's --config.
+    fixed: {key: value}, the --config.KEY=VALUE overrides of every trial.
+    specs: --sweep values, 'KEY=V1,V2,...'.
+    sweep_file: --sweep_file or None.
+    parallel: trials run at a time.
+    visible_devices: GPU ids for trial slots (CUDA_VISIBLE_DEVICES).
+    retry_failed: run failed trials again.
+
+  Returns:
+    0 all done, 1 some failed, EXIT_PREEMPTED some unfinished, 2 a bad spec
+    (then nothing was created or started).
+  """
+  workdir = os.path.abspath(workdir)
   try:
-    trials = build_trials(config, specs, sweep_file, fixed_keys)
-    if parallel < 1:
-      raise SweepError(f'--parallel must be >= 1, got {parallel}')
+    trials = build_trials(config, specs, sweep_file, fixed)
+    check_options(workdir, parallel, visible_devices)
+    check_recorded_configs(workdir, config, trials)
   except SweepError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   os.makedirs(workdir, exist_ok=True)
   print(f'[sweep] {len(trials)} trials in {workdir}', flush=True)
   stop = threading.Event()
-
-  def handle(signum, frame):
-    del frame
-    if stop.is_set():
-      os._exit(128 + signum)  # pylint: disable=protected-access
-    stop.set()
-    print(f'[sweep] {signal.Signals(signum).name}: running trials save a '
-          f'checkpoint and stop; run the same command again to continue',
-          file=sys.stderr, flush=True)
-    stop_running(signal.SIGTERM)
-
-  signal.signal(signal.SIGTERM, handle)
-  signal.signal(signal.SIGINT, handle)
-  rows = run_sweep(workdir, config_file, fixed, trials, parallel=parallel,
-                   visible_devices=visible_devices,
-                   retry_failed=retry_failed, stop=stop)
+  handler = functools.partial(handle_signal, stop)
+  previous = {s: signal.signal(s, handler)
+              for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    rows = run_sweep(workdir, config_file, fixed, trials, parallel=parallel,
+                     visible_devices=visible_devices,
+                     retry_failed=retry_failed, stop=stop)
+  finally:
+    for signum, old in previous.items():
+      signal.signal(signum, old)
   print(write_reports(workdir, rows), flush=True)
   if any(r['status'] == 'failed' for r in rows):
     return 1
