@@ -66,3 +66,33 @@ def initialize(coordinator_address: Optional[str],
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
   return True
+
+
+class Mesh:
+  """Places host data and state on all devices: batch split, state copied."""
+
+  def __init__(self):
+    self.mesh = jax.make_mesh((jax.device_count(),), ('data',))
+    self.batch = jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec('data'))
+    self.replicated = jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec())
+
+  def put_batch(self, *arrays):
+    """Process-local numpy arrays -> global arrays split along axis 0."""
+    return tuple(jax.make_array_from_process_local_data(self.batch, a)
+                 for a in arrays)
+
+  def put_replicated(self, tree):
+    return jax.device_put(tree, self.replicated)
+
+
+def one_step_in_flight() -> bool:
+  """Whether to wait for each step before dispatching the next.
+
+  Several CPU devices in one process (XLA_FLAGS=--xla_force_host_platform_
+  device_count=N) share one small thread pool; with many steps queued, their
+  all-reduces were seen to deadlock on a 2-core machine. GPUs and a single
+  CPU device keep JAX's asynchronous dispatch.
+  """
+  return jax.default_backend() == 'cpu' and jax.local_device_count() > 1

@@ -6,6 +6,7 @@ per-class table and a confusion matrix. `predict_files` classifies PNG/JPEG
 files of any size after converting them like the training data.
 """
 
+import functools
 import json
 import os
 from typing import Sequence
@@ -18,8 +19,9 @@ import ml_collections
 import numpy as np
 
 import checkpointing
+from configs import default
+import distributed
 import input_pipeline
-import models
 import plots
 import train
 
@@ -34,8 +36,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise InferenceError(f'{workdir} has no config.json: not a training '
                          f'workdir (train first, or give --config)')
+  config = default.get_config()  # Older runs saved fewer keys.
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config.update(json.load(f))
+  return config
 
 
 def load_dataset_info(workdir: str) -> dict:
@@ -73,17 +77,15 @@ def resolve_step(workdir: str, checkpoint: str) -> int:
 
 
 def restore(workdir: str, config: ml_collections.ConfigDict, step: int,
-            info: dict, mesh: train.Mesh):
+            info: dict, mesh: distributed.Mesh):
   """Restores the TrainState of checkpoint `step`."""
   image_shape = list(info['image_shape'])
-  model = models.create_model(config.model, info['num_classes'])
+  model = train.create_model(config, info['num_classes'])
   # Only the optimizer state's structure matters here (it is restored, not
-  # used), and a schedule adds a step count to it: build it as training did.
-  lr_fn = train.create_learning_rate_fn(config.lr_schedule,
-                                        config.learning_rate, 1, 0)
-  tx = train.create_optimizer(config.optimizer, lr_fn, config.momentum,
-                              config.weight_decay)
-  state = train.create_train_state(model, tx, image_shape, config.seed)
+  # used): build it as training did.
+  tx, _ = train.create_optimizer_and_schedule(config, 1, 0)
+  state = train.create_train_state(model, tx, image_shape, config.seed,
+                                   config.ema_decay > 0)
   wanted = checkpointing.signature(
       state, model=config.model, image_shape=image_shape,
       num_classes=info['num_classes'])
@@ -115,12 +117,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   info = load_dataset_info(workdir)
   step = resolve_step(workdir, checkpoint)
   dataset = input_pipeline.load_dataset(config.dataset, config.data_dir)
-  mesh = train.Mesh()
+  mesh = distributed.Mesh()
   state = restore(workdir, config, step, info, mesh)
-  _, eval_fn = train.jit_steps(mesh)
+  _, eval_fn = train.jit_steps(mesh, use_ema=config.eval_with_ema)
   metrics = train.evaluate(eval_fn, state, dataset.test,
                            config.eval_batch_size, mesh)
-  predict = jax.jit(lambda s, x: train.predict_step(s, x).argmax(-1))
+  predict = jax.jit(lambda s, x: train.predict_step(
+      s, x, use_ema=config.eval_with_ema).argmax(-1))
   predictions = []
   for images, _, mask in input_pipeline.eval_batches(
       dataset.test, config.eval_batch_size, jax.process_index(),
@@ -138,8 +141,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       'accuracy': float(confusion[c, c] / max(1, confusion[c].sum())),
       'examples': int(confusion[c].sum())} for c in range(n)}
   report = {'checkpoint_step': step, 'checkpoint': checkpoint,
-            'split': 'test', 'examples': int(len(labels)),
-            'loss': metrics['loss'], 'accuracy': metrics['accuracy'],
+            'split': 'test', 'examples': int(len(labels)), **metrics,
             'per_class': per_class, 'class_names': names,
             'confusion_matrix': confusion.tolist()}
   if jax.process_index() == 0:
@@ -215,9 +217,11 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
                        f'accepted: PNG, JPEG, GIF and other formats PIL '
                        f'reads, up to {MAX_IMAGE_PIXELS:,} pixels')
   if images:
-    mesh = train.Mesh()
+    mesh = distributed.Mesh()
     state = restore(workdir, config, step, info, mesh)
-    logits = jax.jit(train.predict_step)(state, jnp.asarray(np.stack(images)))
+    logits = jax.jit(functools.partial(
+        train.predict_step, use_ema=config.eval_with_ema))(
+            state, jnp.asarray(np.stack(images)))
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
     names = info['class_names']
     for path, p in zip(ok_paths, probs):

@@ -1,46 +1,219 @@
-"""Flax linen classifiers, chosen by name with `create_model`."""
+"""Flax linen classifiers, chosen by name from MODELS.
 
-from typing import Callable
+Every model is called as `model(images, train=...)`: `train=True` updates
+BatchNorm statistics (the `batch_stats` collection) and draws dropout masks
+(the `dropout` RNG stream); `train=False` uses the running statistics and no
+dropout. `dtype` sets the compute precision; parameters stay float32.
+"""
+
+import functools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def _dtype(name: str):
+  if name not in DTYPES:
+    raise ValueError(f'unknown dtype {name!r}; accepted: '
+                     f'{", ".join(DTYPES)}')
+  return DTYPES[name]
 
 
 class CNN(nn.Module):
-  """The Flax quick-start CNN: two conv/avg-pool blocks and two dense layers."""
+  """The Flax quick-start CNN: two conv/avg-pool blocks and two dense layers.
+
+  `dropout_rate` > 0 adds dropout before each dense layer (0: the quick start
+  exactly).
+  """
   num_classes: int = 10
+  dropout_rate: float = 0.0
+  dtype: str = 'float32'
 
   @nn.compact
-  def __call__(self, x):
-    x = nn.Conv(features=32, kernel_size=(3, 3))(x)
+  def __call__(self, x, train: bool = False):
+    dtype = _dtype(self.dtype)
+    x = x.astype(dtype)
+    x = nn.Conv(features=32, kernel_size=(3, 3), dtype=dtype)(x)
     x = nn.relu(x)
     x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
-    x = nn.Conv(features=64, kernel_size=(3, 3))(x)
+    x = nn.Conv(features=64, kernel_size=(3, 3), dtype=dtype)(x)
     x = nn.relu(x)
     x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
-    x = nn.Dense(features=256)(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(features=256, dtype=dtype)(x)
     x = nn.relu(x)
-    x = nn.Dense(features=self.num_classes)(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(features=self.num_classes, dtype=dtype)(x)
     return x
 
 
 class MLP(nn.Module):
-  """A small fully connected baseline: flatten, Dense(512) relu, Dense(C)."""
+  """A small fully connected baseline: flatten, Dense(hidden) relu, Dense(C)."""
   num_classes: int = 10
   hidden: int = 512
+  dropout_rate: float = 0.0
+  dtype: str = 'float32'
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    dtype = _dtype(self.dtype)
+    x = x.reshape((x.shape[0], -1)).astype(dtype)
+    x = nn.relu(nn.Dense(self.hidden, dtype=dtype)(x))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=dtype)(x)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions with a shortcut (ResNet-18/34, ResNet-20)."""
+  features: int
+  strides: int
+  conv: Callable
+  norm: Callable
 
   @nn.compact
   def __call__(self, x):
-    x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.hidden)(x))
-    return nn.Dense(self.num_classes)(x)
+    y = self.conv(self.features, (3, 3), self.strides)(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.features, (3, 3))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if x.shape != y.shape:
+      x = self.norm()(self.conv(self.features, (1, 1), self.strides)(x))
+    return nn.relu(x + y)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {'cnn': CNN, 'mlp': MLP}
+class Bottleneck(nn.Module):
+  """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a shortcut (ResNet-50)."""
+  features: int
+  strides: int
+  conv: Callable
+  norm: Callable
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(self.norm()(self.conv(self.features, (1, 1))(x)))
+    y = self.conv(self.features, (3, 3), self.strides)(y)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.features * 4, (1, 1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if x.shape != y.shape:
+      x = self.norm()(self.conv(self.features * 4, (1, 1), self.strides)(x))
+    return nn.relu(x + y)
 
 
-def create_model(name: str, num_classes: int) -> nn.Module:
-  """Returns the model registered under `name`."""
+class ResNet(nn.Module):
+  """A ResNet in the torchvision / Flax-imagenet layout.
+
+  Attributes:
+    stage_sizes: blocks per stage; each stage after the first halves the
+      resolution in its first block.
+    block: BasicBlock or Bottleneck.
+    num_classes: output classes.
+    widths: channels of each stage (before the bottleneck's x4).
+    stem: 'imagenet' (7x7 stride-2 conv and 3x3 max-pool, for 224 px) or
+      'small' (one 3x3 stride-1 conv, no pool, for 28-32 px images).
+    stem_width: channels of the stem.
+    dropout_rate: dropout before the classifier.
+    dtype: compute precision, 'float32' or 'bfloat16'.
+    bn_momentum: decay of BatchNorm's running statistics.
+  """
+  stage_sizes: Sequence[int]
+  block: Any
+  num_classes: int = 1000
+  widths: Sequence[int] = (64, 128, 256, 512)
+  stem: str = 'imagenet'
+  stem_width: int = 64
+  dropout_rate: float = 0.0
+  dtype: str = 'float32'
+  bn_momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    dtype = _dtype(self.dtype)
+    if self.stem not in ('imagenet', 'small'):
+      raise ValueError(f'unknown stem {self.stem!r}; accepted: imagenet, '
+                       f'small')
+    if len(self.widths) != len(self.stage_sizes):
+      raise ValueError(f'widths {tuple(self.widths)} must give one width '
+                       f'per stage ({len(self.stage_sizes)} stages)')
+
+    def conv(features, kernel, strides=1):
+      return nn.Conv(features, kernel, (strides, strides), padding=[
+          ((kernel[0] - 1) // 2,) * 2, ((kernel[1] - 1) // 2,) * 2],
+                     use_bias=False, dtype=dtype,
+                     kernel_init=nn.initializers.variance_scaling(
+                         2.0, 'fan_out', 'normal'))
+
+    # Statistics are always kept in float32, whatever the compute dtype.
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.bn_momentum, epsilon=1e-5,
+                             dtype=dtype)
+    x = x.astype(dtype)
+    if self.stem == 'imagenet':
+      x = conv(self.stem_width, (7, 7), 2)(x)
+      x = nn.relu(norm()(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = nn.relu(norm()(conv(self.stem_width, (3, 3))(x)))
+    for stage, (blocks, width) in enumerate(zip(self.stage_sizes,
+                                                self.widths)):
+      for i in range(blocks):
+        strides = 2 if stage > 0 and i == 0 else 1
+        x = self.block(width, strides, conv, norm)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=dtype)(x)
+
+
+# Every accepted `config.model`: name -> constructor taking num_classes and
+# the keyword arguments in `config.model_kwargs`.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    'cnn': CNN,
+    'mlp': MLP,
+    'resnet18': functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
+                                  block=BasicBlock),
+    'resnet34': functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
+                                  block=BasicBlock),
+    'resnet50': functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
+                                  block=Bottleneck),
+    # The CIFAR ResNet-20 of He et al. (2016): 3 stages of 3 basic blocks,
+    # 16/32/64 channels, a 3x3 stem.
+    'resnet20': functools.partial(ResNet, stage_sizes=(3, 3, 3),
+                                  block=BasicBlock, widths=(16, 32, 64),
+                                  stem='small', stem_width=16),
+}
+
+
+def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+  """Returns the model registered under `name`, built with `kwargs`.
+
+  Raises:
+    ValueError: unknown name, or a keyword the model does not take (the
+      message lists those it takes).
+  """
   if name not in MODELS:
-    raise ValueError(f'unknown model {name!r}; accepted: {sorted(MODELS)}')
-  return MODELS[name](num_classes=num_classes)
+    raise ValueError(f'unknown model {name!r}; accepted: '
+                     f'{", ".join(MODELS)}')
+  accepted = model_options(name)
+  for key, value in kwargs.items():
+    if key not in accepted:
+      raise ValueError(f'model {name} takes no option {key!r}; accepted: '
+                       f'{", ".join(sorted(accepted))}')
+    if key == 'dropout_rate' and not 0 <= value < 1:
+      raise ValueError(f'dropout_rate must be in [0, 1), got {value!r}')
+    if key == 'dtype':
+      _dtype(value)
+  return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+def model_options(name: str) -> set[str]:
+  """The keyword options model `name` takes from config.model_kwargs."""
+  constructor = MODELS[name]
+  cls = getattr(constructor, 'func', constructor)
+  fixed = set(getattr(constructor, 'keywords', {}))
+  return {f.name for f in cls.__dataclass_fields__.values()
+          if f.init and f.name not in ('parent', 'name', 'num_classes')
+          } - fixed

@@ -9,13 +9,22 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 
+def metric_names(history: Sequence[dict]) -> list[str]:
+  """The metrics a history holds: 'loss', 'accuracy', ... (from train_*)."""
+  return [k[len('train_'):] for k in history[0] if k.startswith('train_')]
+
+
 def plot_history(history: Sequence[dict], path: str):
-  """Loss and accuracy per epoch, train and test, in two panels."""
+  """Every metric per epoch, train and test, one panel each."""
+  names = metric_names(history)
   epochs = [h['epoch'] for h in history]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, name in zip(axes, ('loss', 'accuracy')):
+  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4),
+                           squeeze=False)
+  for ax, name in zip(axes[0], names):
     ax.plot(epochs, [h[f'train_{name}'] for h in history], 'o-', label='train')
-    ax.plot(epochs, [h[f'test_{name}'] for h in history], 's-', label='test')
+    if f'test_{name}' in history[0]:
+      ax.plot(epochs, [h[f'test_{name}'] for h in history], 's-',
+              label='test')
     ax.set_xlabel('epoch')
     ax.set_ylabel(name)
     ax.set_title(name)

@@ -1,12 +1,13 @@
-"""Training and evaluation loop: state, jitted steps, metrics, checkpoints.
+"""Training and evaluation: the state, the jitted steps, and the loop.
 
 `train_and_evaluate(config, workdir)` is the entry point. It reads the config
 once at the top; everything it calls takes plain arguments.
 """
 
 import contextlib
+import dataclasses
+import functools
 import json
-import math
 import os
 import time
 from typing import Any, Optional
@@ -24,74 +25,73 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import psutil
 
 import checkpointing
+import distributed
 import event_files
 import faults
 import input_pipeline
 import models
+import optimizers
 import plots
 import preemption
+import run_config
 import workdir_lock
 
-OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw')
-LR_SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
-
-EXIT_PREEMPTED = preemption.EXIT_PREEMPTED
+ConfigError = run_config.ConfigError
 Preempted = preemption.Preempted
-
-# Config keys that may differ between a checkpoint and the run resuming from
-# it, and what the change means; the README lists the same. Keys that must not
-# differ are in `resume_signature`.
-RESUME_CHANGES = {
-    'learning_rate': 'steps after the checkpoint use the new value',
-    'momentum': 'steps after the checkpoint use the new value',
-    'weight_decay': 'steps after the checkpoint use the new value',
-    'num_epochs': 'the run now ends at another step',
-    'num_train_steps': 'the run now ends at another step',
-    'eval_batch_size': 'test metrics may differ in the last float digits '
-                       '(another summation order)',
-    'data_dir': 'the same examples (checked) are read from another place',
-    'dataset': 'the same examples and class names (checked)',
-}
-
-
-class ConfigError(ValueError):
-  """A config value that cannot be used; the message names it."""
+EXIT_PREEMPTED = preemption.EXIT_PREEMPTED
 
 
 class DivergenceError(RuntimeError):
-  """The loss became NaN or infinite."""
+  """The loss, a gradient or a parameter became NaN or infinite."""
 
 
 @flax.struct.dataclass
-class TrainMetrics(metrics.Collection):
-  loss: metrics.Average.from_output('loss')
-  accuracy: metrics.Accuracy
+class TopFiveAccuracy(metrics.Average):
+  """Share of examples whose label is among the 5 highest logits."""
+
+  @classmethod
+  def from_model_output(cls, *, logits, labels, mask=None, **kwargs):
+    top5 = jax.lax.top_k(logits, 5)[1]
+    hit = jnp.any(top5 == labels[:, None], axis=-1).astype(jnp.float32)
+    return super().from_model_output(values=hit, mask=mask)
 
 
-@flax.struct.dataclass
-class EvalMetrics(metrics.Collection):
-  loss: metrics.Average.from_output('loss')
-  accuracy: metrics.Accuracy
+def create_metrics(num_classes: int) -> type[metrics.Collection]:
+  """The one metrics definition: training windows, epochs and evaluation all
+  use it, and every name flows as `train_<name>`/`test_<name>` to
+  TensorBoard, the history, summary.json, metrics.png and the sweep table."""
+  fields = {'loss': metrics.Average.from_output('loss'),
+            'accuracy': metrics.Accuracy}
+  if num_classes > 5:
+    fields['top5_accuracy'] = TopFiveAccuracy
+  return metrics.Collection.create(**fields)
 
 
 class TrainState(train_state.TrainState):
   """Everything a restart needs, as one pytree.
 
-  Besides step, params and optimizer state: the RNG key, and the metric
-  accumulators of the current epoch and of the current logging window, so a
-  run resumed mid-epoch reports the same numbers as one never interrupted.
+  Besides step, params and optimizer state: the model's other variable
+  collections (BatchNorm statistics), the parameter EMA (None when off), the
+  RNG key, and the metric accumulators of the current epoch and logging
+  window, so a run resumed mid-epoch reports the same numbers as one never
+  interrupted.
   """
+  model_state: Any
+  ema_params: Any
   rng: jax.Array
-  epoch_metrics: TrainMetrics
-  window_metrics: TrainMetrics
+  epoch_metrics: metrics.Collection
+  window_metrics: metrics.Collection
   # First step (counting from 1) whose loss, gradients or new parameters were
   # not finite; -1 if none. Kept on the device so that divergence costs no
   # per-step host sync.
   nonfinite_step: jax.Array
+
+  def eval_variables(self, use_ema: bool) -> dict:
+    params = self.ema_params if use_ema else self.params
+    return {'params': params, **self.model_state}
 
 
 def compute_steps(num_train_examples: int, batch_size: int, num_epochs: int,
@@ -110,76 +110,36 @@ def compute_steps(num_train_examples: int, batch_size: int, num_epochs: int,
   return per_epoch, total, warmup
 
 
-def create_learning_rate_fn(schedule: str, base_lr: float, total_steps: int,
-                            warmup_steps: int) -> optax.Schedule:
-  """Returns step -> learning rate for one of LR_SCHEDULES."""
-  if schedule == 'constant':
-    return optax.constant_schedule(base_lr)
-  if schedule == 'cosine':
-    return optax.cosine_decay_schedule(base_lr, decay_steps=total_steps)
-  if schedule == 'warmup_cosine':
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps,
-        decay_steps=max(total_steps, warmup_steps + 1))
-  raise ConfigError(f'unknown lr_schedule {schedule!r}; accepted: '
-                    f'{", ".join(LR_SCHEDULES)}')
-
-
-def create_optimizer(name: str, learning_rate: optax.ScalarOrSchedule,
-                     momentum: float, weight_decay: float
-                     ) -> optax.GradientTransformation:
-  """Returns the optax optimizer `name` (one of OPTIMIZERS)."""
-  if name == 'sgd':
-    return optax.sgd(learning_rate, momentum=momentum or None)
-  if name == 'momentum':
-    if momentum <= 0:
-      raise ConfigError(f'optimizer momentum needs momentum > 0, got '
-                        f'{momentum}')
-    return optax.sgd(learning_rate, momentum=momentum)
-  if name == 'adam':
-    return optax.adam(learning_rate)
-  if name == 'adamw':
-    return optax.adamw(learning_rate, weight_decay=weight_decay)
-  raise ConfigError(f'unknown optimizer {name!r}; accepted: '
-                    f'{", ".join(OPTIMIZERS)}')
-
-
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       image_shape, seed: int) -> TrainState:
-  """Initialises parameters and optimizer state, deterministically in seed."""
+                       image_shape, seed: int, ema: bool = False
+                       ) -> TrainState:
+  """Initialises variables and optimizer state, deterministically in seed."""
   init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
   dummy = jnp.ones((1,) + tuple(image_shape))
   # One compiled program instead of dozens of op-by-op dispatches (each
   # compiled on first use): seconds off every start.
-  params = jax.jit(lambda key: model.init(key, dummy)['params'])(init_rng)
+  variables = jax.jit(lambda key: model.init({'params': key}, dummy))(
+      init_rng)
+  variables = dict(variables)
+  params = variables.pop('params')
+  collection = create_metrics(model.num_classes)
   state = TrainState.create(
-      apply_fn=model.apply, params=params, tx=tx, rng=rng,
-      epoch_metrics=TrainMetrics.empty(), window_metrics=TrainMetrics.empty(),
+      apply_fn=model.apply, params=params, tx=tx, model_state=variables,
+      ema_params=params if ema else None, rng=rng,
+      epoch_metrics=collection.empty(), window_metrics=collection.empty(),
       nonfinite_step=jnp.array(-1, jnp.int32))
   return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def train_step(state: TrainState, images, labels) -> TrainState:
-  """One SGD step; loss and accuracy come from the same forward pass."""
-  # state.rng is kept for models with dropout (fold_in(rng, step) per step)
-  # so they resume exactly; the CNN draws no randomness.
-  def loss_fn(params):
-    logits = state.apply_fn({'params': params}, images)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return losses.mean(), (losses, logits)
-
-  grads, (losses, logits) = jax.grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads)
-  finite = jnp.isfinite(losses.mean()) & all_finite(grads) & all_finite(
-      state.params)
-  nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite, state.step,
-                             state.nonfinite_step)
-  step_metrics = TrainMetrics.single_from_model_output(
-      loss=losses, logits=logits, labels=labels)
-  return state.replace(
-      epoch_metrics=state.epoch_metrics.merge(step_metrics),
-      window_metrics=state.window_metrics.merge(step_metrics),
-      nonfinite_step=nonfinite_step)
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """Per-example cross-entropy in float32, against smoothed targets if
+  label_smoothing > 0: (1 - a) * one_hot + a / num_classes."""
+  logits = logits.astype(jnp.float32)
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(
+      jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
 
 
 def all_finite(tree) -> jax.Array:
@@ -188,61 +148,85 @@ def all_finite(tree) -> jax.Array:
                             for x in jax.tree.leaves(tree)]))
 
 
-def eval_step(state: TrainState, images, labels, mask) -> EvalMetrics:
-  logits = state.apply_fn({'params': state.params}, images)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return EvalMetrics.single_from_model_output(
-      loss=losses, logits=logits, labels=labels, mask=mask)
+def train_step(state: TrainState, images, labels, *,
+               label_smoothing: float = 0.0, ema_decay: float = 0.0
+               ) -> TrainState:
+  """One optimizer step; loss and metrics come from the same forward pass.
+
+  Dropout draws from fold_in(rng, step), so a resumed step draws the same
+  bits; BatchNorm statistics (any mutable collection) are updated from the
+  global batch.
+  """
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  mutable = list(state.model_state)
+
+  def loss_fn(params):
+    logits, model_state = state.apply_fn(
+        {'params': params, **state.model_state}, images, train=True,
+        mutable=mutable, rngs={'dropout': dropout_rng})
+    losses = cross_entropy(logits, labels, label_smoothing)
+    return losses.mean(), (losses, logits, model_state)
+
+  grads, (losses, logits, model_state) = jax.grad(loss_fn, has_aux=True)(
+      state.params)
+  new_state = state.apply_gradients(grads=grads)
+  ema_params = state.ema_params
+  if ema_decay:
+    ema_params = optax.incremental_update(new_state.params, ema_params,
+                                          1.0 - ema_decay)
+    if isinstance(state.opt_state, optax.MultiStepsState):
+      # Between accumulated updates the parameters do not move; neither
+      # does their average.
+      updated = optax.MultiSteps.has_updated(new_state.opt_state)
+      ema_params = jax.tree.map(lambda new, old: jnp.where(updated, new, old),
+                                ema_params, state.ema_params)
+  finite = jnp.isfinite(losses.mean()) & all_finite(grads) & all_finite(
+      new_state.params)
+  nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite,
+                             new_state.step, state.nonfinite_step)
+  step_metrics = type(state.epoch_metrics).single_from_model_output(
+      loss=losses, logits=logits, labels=labels)
+  return new_state.replace(
+      model_state=dict(model_state), ema_params=ema_params,
+      epoch_metrics=state.epoch_metrics.merge(step_metrics),
+      window_metrics=state.window_metrics.merge(step_metrics),
+      nonfinite_step=nonfinite_step)
 
 
-def predict_step(state: TrainState, images):
-  return state.apply_fn({'params': state.params}, images)
+def eval_step(state: TrainState, images, labels, mask, *,
+              use_ema: bool = False) -> metrics.Collection:
+  logits = state.apply_fn(state.eval_variables(use_ema), images, train=False)
+  losses = cross_entropy(logits, labels)
+  return type(state.epoch_metrics).single_from_model_output(
+      loss=losses, logits=logits.astype(jnp.float32), labels=labels,
+      mask=mask)
 
 
-class Mesh:
-  """Places host data and state on all devices: batch split, state copied."""
-
-  def __init__(self):
-    self.mesh = jax.make_mesh((jax.device_count(),), ('data',))
-    self.batch = jax.sharding.NamedSharding(
-        self.mesh, jax.sharding.PartitionSpec('data'))
-    self.replicated = jax.sharding.NamedSharding(
-        self.mesh, jax.sharding.PartitionSpec())
-
-  def put_batch(self, *arrays):
-    """Process-local numpy arrays -> global arrays split along axis 0."""
-    return tuple(jax.make_array_from_process_local_data(self.batch, a)
-                 for a in arrays)
-
-  def put_replicated(self, tree):
-    return jax.device_put(tree, self.replicated)
+def predict_step(state: TrainState, images, *, use_ema: bool = False):
+  logits = state.apply_fn(state.eval_variables(use_ema), images, train=False)
+  return logits.astype(jnp.float32)
 
 
-def jit_steps(mesh: Mesh):
+def jit_steps(mesh: distributed.Mesh, *, label_smoothing: float = 0.0,
+              ema_decay: float = 0.0, use_ema: bool = False):
   """The jitted (train_step, eval_step) every caller uses.
 
   The state is donated to the train step. Outputs are pinned replicated, so
   the state keeps one sharding and metrics can be read on every process.
   """
-  return (jax.jit(train_step, donate_argnums=0, out_shardings=mesh.replicated),
-          jax.jit(eval_step, out_shardings=mesh.replicated))
+  return (jax.jit(functools.partial(train_step,
+                                    label_smoothing=label_smoothing,
+                                    ema_decay=ema_decay),
+                  donate_argnums=0, out_shardings=mesh.replicated),
+          jax.jit(functools.partial(eval_step, use_ema=use_ema),
+                  out_shardings=mesh.replicated))
 
 
-def one_step_in_flight() -> bool:
-  """Whether to wait for each step before dispatching the next.
-
-  Several CPU devices in one process (XLA_FLAGS=--xla_force_host_platform_
-  device_count=N) share one small thread pool; with many steps queued, their
-  all-reduces were seen to deadlock on a 2-core machine. GPUs and a single
-  CPU device keep JAX's asynchronous dispatch.
-  """
-  return jax.default_backend() == 'cpu' and jax.local_device_count() > 1
-
-
-def evaluate(eval_fn, state, split, batch_size, mesh: Mesh) -> dict:
-  """Mean loss and accuracy over every example of `split`, exactly once."""
+def evaluate(eval_fn, state, split, batch_size,
+             mesh: distributed.Mesh) -> dict:
+  """Every metric over every example of `split`, exactly once."""
   total = None
-  wait = one_step_in_flight()
+  wait = distributed.one_step_in_flight()
   for images, labels, mask in input_pipeline.eval_batches(
       split, batch_size, jax.process_index(), jax.process_count()):
     batch_metrics = eval_fn(state, *mesh.put_batch(images, labels, mask))
@@ -258,47 +242,6 @@ def _to_float_dict(collection: metrics.Collection) -> dict:
   return {k: float(v) for k, v in collection.compute().items()}
 
 
-def validate_config(config: ml_collections.ConfigDict, device_count: int):
-  """Checks values train_and_evaluate cannot fix later; raises ConfigError."""
-  for key, value in config.items():
-    if isinstance(value, float) and not math.isfinite(value):
-      raise ConfigError(f'{key} must be a finite number, got {value!r}')
-  for key in ('learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',
-              'log_every_steps', 'checkpoint_every_steps',
-              'max_checkpoints_to_keep'):
-    if not config[key] > 0:
-      raise ConfigError(f'{key} must be > 0, got {config[key]!r}')
-  for key in ('momentum', 'weight_decay', 'warmup_epochs'):
-    if not config[key] >= 0:
-      raise ConfigError(f'{key} must be >= 0, got {config[key]!r}')
-  if config.num_train_steps == 0 or config.num_train_steps < -1:
-    raise ConfigError(f'num_train_steps must be -1 (derive from num_epochs) '
-                      f'or > 0, got {config.num_train_steps}')
-  if config.optimizer not in OPTIMIZERS:
-    raise ConfigError(f'unknown optimizer {config.optimizer!r}; accepted: '
-                      f'{", ".join(OPTIMIZERS)}')
-  if config.lr_schedule not in LR_SCHEDULES:
-    raise ConfigError(f'unknown lr_schedule {config.lr_schedule!r}; '
-                      f'accepted: {", ".join(LR_SCHEDULES)}')
-  if config.model not in models.MODELS:
-    raise ConfigError(f'unknown model {config.model!r}; accepted: '
-                      f'{", ".join(sorted(models.MODELS))}')
-  for key in ('batch_size', 'eval_batch_size'):
-    if config[key] % device_count:
-      raise ConfigError(f'{key} {config[key]} is not divisible by the '
-                        f'{device_count} devices; use a multiple of '
-                        f'{device_count}')
-
-
-def fit_eval_batch_size(eval_batch_size: int, num_test: int,
-                        device_count: int) -> int:
-  """`eval_batch_size`, cut to the test set rounded up to the device count.
-
-  A larger batch would only evaluate padding; the metrics do not change.
-  """
-  return min(eval_batch_size, -(-num_test // device_count) * device_count)
-
-
 def _write_json(path: str, obj: Any):
   """Writes JSON atomically: readers never see a half-written file."""
   tmp = path + '.tmp'
@@ -307,20 +250,27 @@ def _write_json(path: str, obj: Any):
   os.replace(tmp, path)
 
 
-def check_workdir(workdir: str):
-  """Fails early, before any work, if `workdir` cannot be written."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConfigError(f'workdir {workdir!r} is a file; give a folder (it is '
-                      f'created if missing)')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f'workdir {workdir!r} cannot be written: '
-                      f'{e.strerror or e}; give a writable folder') from e
+def create_model(config: ml_collections.ConfigDict, num_classes: int):
+  return models.create_model(config.model, num_classes,
+                             **config.model_kwargs.to_dict())
+
+
+def create_optimizer_and_schedule(config: ml_collections.ConfigDict,
+                                  total_steps: int, warmup_steps: int):
+  """(optax optimizer, step -> learning rate) for the config.
+
+  With gradient accumulation the schedule counts optimizer updates, one per
+  `grad_accum_steps` steps.
+  """
+  accum = config.grad_accum_steps
+  schedule = optimizers.create_learning_rate_fn(
+      config.lr_schedule, config.learning_rate, max(1, total_steps // accum),
+      warmup_steps // accum)
+  tx = optimizers.create_optimizer(
+      config.optimizer, schedule, momentum=config.momentum,
+      weight_decay=config.weight_decay, grad_clip_norm=config.grad_clip_norm,
+      grad_accum_steps=accum)
+  return tx, lambda step: schedule(step // accum)
 
 
 def lock_workdir(workdir: str):
@@ -352,50 +302,21 @@ def load_dataset(name: str, data_dir: str) -> input_pipeline.Dataset:
   return input_pipeline.load_dataset(name, data_dir)
 
 
-def resume_signature(state, config, dataset, total_steps: int,
-                     warmup_steps: int) -> dict:
-  """What a checkpoint and the config resuming from it must share.
-
-  Each field, if changed, would make the resumed run differ from any
-  uninterrupted one in a way no log line can fix: another model or state,
-  another batch for every later step (batch_size, seed, data), or another
-  learning-rate curve. What may change is in RESUME_CHANGES.
-  """
-  schedule_steps = None if config.lr_schedule == 'constant' else {
-      'total_steps': total_steps, 'warmup_steps': warmup_steps}
-  return checkpointing.signature(
-      state, model=config.model, image_shape=list(
-          dataset.train.images.shape[1:]), num_classes=dataset.num_classes,
-      optimizer=config.optimizer, lr_schedule=config.lr_schedule,
-      schedule_steps=schedule_steps, batch_size=config.batch_size,
-      seed=config.seed, data=input_pipeline.fingerprint(dataset))
-
-
-def log_config_changes(saved: dict, config: ml_collections.ConfigDict,
-                       step: int):
-  """Says which allowed config changes a resumed run picks up, and what they
-  mean."""
-  for key, meaning in RESUME_CHANGES.items():
-    if key in saved and saved[key] != config[key]:
-      logging.warning('Resuming at step %d with %s=%r (the checkpoint was '
-                      'written with %r): %s', step, key, config[key],
-                      saved[key], meaning)
-
-
-def restore_or_initialize(model, tx, image_shape, seed: int, wanted_fn,
-                          checkpoint_dir: str, mesh: Mesh):
+def restore_or_initialize(model, tx, image_shape, seed: int, ema: bool,
+                          wanted_fn, checkpoint_dir: str,
+                          mesh: distributed.Mesh):
   """The newest restorable checkpoint, or a fresh state.
 
   Args:
-    model, tx, image_shape, seed: as create_train_state.
-    wanted_fn: state -> the config's signature (see resume_signature).
+    model, tx, image_shape, seed, ema: as create_train_state.
+    wanted_fn: state -> the config's signature (run_config.resume_signature).
     checkpoint_dir: the run's `checkpoints/` folder.
     mesh: where the state goes.
 
   Returns:
     (state on the mesh, the checkpoint's meta or None, the signature).
   """
-  state = create_train_state(model, tx, image_shape, seed)
+  state = create_train_state(model, tx, image_shape, seed, ema)
   wanted = wanted_fn(state)
   target = jax.tree.map(np.asarray, state)
   restored = checkpointing.restore_latest(checkpoint_dir, target, wanted)
@@ -405,7 +326,36 @@ def restore_or_initialize(model, tx, image_shape, seed: int, wanted_fn,
   return mesh.put_replicated(restored_state), meta, wanted
 
 
-def _check_finite(state: TrainState, checkpoint_dir: str):
+@dataclasses.dataclass
+class Progress:
+  """What a checkpoint carries besides the state: the epoch history and the
+  time spent, over all sessions of the run."""
+  history: list
+  train_seconds: float = 0.0
+  earlier_wall_seconds: float = 0.0
+  session_start: float = dataclasses.field(default_factory=time.time)
+
+  @classmethod
+  def from_meta(cls, meta: Optional[dict]) -> 'Progress':
+    if meta is None:
+      return cls(history=[])
+    return cls(history=meta['history'],
+               train_seconds=meta['elapsed']['train_seconds'],
+               earlier_wall_seconds=meta['elapsed']['wall_seconds'])
+
+  @property
+  def wall_seconds(self) -> float:
+    return self.earlier_wall_seconds + time.time() - self.session_start
+
+  def meta(self, signature: dict, config: ml_collections.ConfigDict) -> dict:
+    return {'history': self.history, 'signature': signature,
+            'config': config.to_dict(),
+            'elapsed': {'train_seconds': self.train_seconds,
+                        'wall_seconds': self.wall_seconds}}
+
+
+def check_finite(state: TrainState, checkpoint_dir: str):
+  """Raises DivergenceError if a step so far was not finite (a host sync)."""
   bad = int(state.nonfinite_step)
   if bad >= 0:
     kept = checkpointing.finished_steps(checkpoint_dir)
@@ -414,6 +364,54 @@ def _check_finite(state: TrainState, checkpoint_dir: str):
         f'saving it. Latest good checkpoint: '
         f'{f"step {kept[-1]}" if kept else "none"}. Try a lower '
         f'learning_rate')
+
+
+def log_train_window(writer, state: TrainState, step: int,
+                     learning_rate: float, images_per_second: float,
+                     mesh: distributed.Mesh) -> TrainState:
+  """Writes the metrics of the steps since the last log; starts a new
+  window."""
+  window = _to_float_dict(state.window_metrics)  # Syncs with the device.
+  writer.write_scalars(step, {
+      **{f'train_{k}': v for k, v in window.items()},
+      'learning_rate': learning_rate,
+      'images_per_second': images_per_second})
+  return state.replace(window_metrics=mesh.put_replicated(
+      type(state.window_metrics).empty()))
+
+
+def end_epoch(writer, state: TrainState, step: int, steps_per_epoch: int,
+              test: dict, history: list, mesh: distributed.Mesh
+              ) -> TrainState:
+  """Records the epoch's train and test metrics; starts a new epoch
+  accumulator at epoch boundaries."""
+  train = _to_float_dict(state.epoch_metrics)
+  record = {'epoch': step / steps_per_epoch, 'step': step,
+            **{f'train_{k}': v for k, v in train.items()},
+            **{f'test_{k}': v for k, v in test.items()}}
+  history.append(record)
+  writer.write_scalars(step, {
+      **{f'epoch_train_{k}': v for k, v in train.items()},
+      **{f'test_{k}': v for k, v in test.items()}})
+  logging.info('epoch %.2f step %d: %s', record['epoch'], step, ', '.join(
+      f'{k} {v:.4f}' for k, v in record.items() if k not in ('epoch',
+                                                             'step')))
+  if step % steps_per_epoch:
+    # A run that ends mid-epoch keeps its partial accumulator, so that
+    # extending it later (more steps) reports the same epochs.
+    return state
+  return state.replace(epoch_metrics=mesh.put_replicated(
+      type(state.epoch_metrics).empty()))
+
+
+def save(manager, step: int, state: TrainState, meta: dict, writer,
+         checkpoint_dir: str, score: Optional[float] = None):
+  """Starts writing checkpoint `step`, never of a diverged state."""
+  check_finite(state, checkpoint_dir)
+  writer.flush()  # Points up to `step` are on disk before its checkpoint.
+  checkpointing.save(manager, step, state, meta,
+                     None if score is None else {'test_accuracy': score})
+  faults.trigger('checkpoint', step)
 
 
 @contextlib.contextmanager
@@ -449,44 +447,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     DivergenceError: the loss became NaN/inf; no such checkpoint was saved.
     Preempted: a signal stopped the run after saving a checkpoint.
   """
-  validate_config(config, jax.device_count())
-  is_main = jax.process_index() == 0
+  run_config.validate_config(config, jax.device_count())
   dataset = load_dataset(config.dataset, config.data_dir)
   steps_per_epoch, total_steps, warmup_steps = compute_steps(
       len(dataset.train), config.batch_size, config.num_epochs,
       config.num_train_steps, config.warmup_epochs)
-  eval_batch_size = fit_eval_batch_size(
+  eval_batch_size = run_config.fit_eval_batch_size(
       config.eval_batch_size, len(dataset.test), jax.device_count())
-  check_workdir(workdir)
+  run_config.check_workdir(workdir)
   logging.info('Data: %s; %d train, %d test examples, images %s, %d classes',
                dataset.source, len(dataset.train), len(dataset.test),
                dataset.train.images.shape[1:], dataset.num_classes)
   with lock_workdir(workdir):
-    return _train_locked(config, workdir, dataset, steps_per_epoch,
-                         total_steps, warmup_steps, eval_batch_size, is_main)
+    return _train(config, workdir, dataset, steps_per_epoch, total_steps,
+                  warmup_steps, eval_batch_size)
 
 
-def _train_locked(config, workdir, dataset, steps_per_epoch, total_steps,
-                  warmup_steps, eval_batch_size, is_main):
+def _train(config, workdir, dataset, steps_per_epoch, total_steps,
+           warmup_steps, eval_batch_size):
   """train_and_evaluate once the data is loaded and the workdir is held."""
-  model = models.create_model(config.model, dataset.num_classes)
-  lr_fn = create_learning_rate_fn(config.lr_schedule, config.learning_rate,
-                                  total_steps, warmup_steps)
-  tx = create_optimizer(config.optimizer, lr_fn, config.momentum,
-                        config.weight_decay)
+  is_main = jax.process_index() == 0
+  model = create_model(config, dataset.num_classes)
+  tx, lr_fn = create_optimizer_and_schedule(config, total_steps,
+                                            warmup_steps)
   image_shape = list(dataset.train.images.shape[1:])
-  mesh = Mesh()
+  mesh = distributed.Mesh()
   checkpoint_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  state, meta, wanted = restore_or_initialize(
-      model, tx, image_shape, config.seed,
-      lambda s: resume_signature(s, config, dataset, total_steps,
-                                 warmup_steps), checkpoint_dir, mesh)
-  history, elapsed = [], {'train_seconds': 0.0, 'wall_seconds': 0.0}
+  state, meta, signature = restore_or_initialize(
+      model, tx, image_shape, config.seed, config.ema_decay > 0,
+      lambda s: run_config.resume_signature(
+          s, config, dataset, total_steps // config.grad_accum_steps,
+          warmup_steps // config.grad_accum_steps), checkpoint_dir, mesh)
+  progress = Progress.from_meta(meta)
   start_step = int(state.step)
   if meta is not None:
-    history, elapsed = meta['history'], meta['elapsed']
     logging.info('Resumed from step %d in %s', start_step, checkpoint_dir)
-    log_config_changes(meta.get('config', {}), config, start_step)
+    run_config.log_config_changes(meta.get('config', {}), config, start_step)
   if start_step >= total_steps:
     summary_path = os.path.join(workdir, 'summary.json')
     if os.path.isfile(summary_path):
@@ -499,18 +495,19 @@ def _train_locked(config, workdir, dataset, steps_per_epoch, total_steps,
     logging.warning('Run in %s finished at step %d but has no summary.json; '
                     'writing its results from checkpoint %d', workdir,
                     start_step, start_step)
-    return _write_results(
-        workdir, config, dataset, history, state, mesh, is_main,
-        wall_seconds=elapsed['wall_seconds'],
-        train_seconds=elapsed['train_seconds'], total_steps=start_step,
-        eval_batch_size=eval_batch_size)
+    return _write_results(workdir, config, dataset, progress, state, mesh,
+                          start_step, eval_batch_size)
   if is_main:
     # Points logged after the restored step by a killed session go, so the
     # resumed session writes each (tag, step) exactly once.
     event_files.truncate_after(workdir, start_step if meta else -1)
+    _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    _write_json(os.path.join(workdir, 'dataset.json'), {
+        'dataset': config.dataset, 'source': dataset.source,
+        'image_shape': image_shape, 'num_classes': dataset.num_classes,
+        'class_names': list(dataset.class_names)})
   manager = checkpointing.create_manager(checkpoint_dir,
                                          config.max_checkpoints_to_keep)
-
   writer = metric_writers.create_default_writer(
       workdir, just_logging=not is_main)
   if start_step == 0:
@@ -520,52 +517,32 @@ def _train_locked(config, workdir, dataset, steps_per_epoch, total_steps,
         compute_vjp_flops=True, console_kwargs={
             'force_terminal': False, 'force_jupyter': False, 'width': 100}
     )(jnp.ones([1] + image_shape)))
-  if is_main:
-    _write_json(os.path.join(workdir, 'config.json'), config.to_dict())
-    _write_json(os.path.join(workdir, 'dataset.json'), {
-        'dataset': config.dataset, 'source': dataset.source,
-        'image_shape': image_shape, 'num_classes': dataset.num_classes,
-        'class_names': list(dataset.class_names)})
 
-  p_train_step, p_eval_step = jit_steps(mesh)
+  p_train_step, p_eval_step = jit_steps(
+      mesh, label_smoothing=config.label_smoothing,
+      ema_decay=config.ema_decay, use_ema=config.eval_with_ema)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer)
-
   logging.info('Training steps %d..%d (%d per epoch, batch %d on %d devices)',
                start_step, total_steps, steps_per_epoch, config.batch_size,
                jax.device_count())
   batches = input_pipeline.train_batches(
       dataset.train, config.batch_size, config.seed, start_step,
       total_steps - start_step, jax.process_index(), jax.process_count())
-  wait_each_step = one_step_in_flight()
-  session_start = time.time()
+  wait_each_step = distributed.one_step_in_flight()
   window_start, window_steps = time.time(), 0
-  train_seconds = elapsed['train_seconds']
-
-  def save_checkpoint(step, metrics=None):
-    _check_finite(state, checkpoint_dir)
-    writer.flush()  # Points up to `step` are on disk before its checkpoint.
-    meta = {'history': history, 'signature': wanted,
-            'config': config.to_dict(), 'elapsed': {
-                'train_seconds': train_seconds,
-                'wall_seconds': elapsed['wall_seconds'] + time.time() -
-                                session_start}}
-    checkpointing.save(manager, step, state, meta, metrics)
-    faults.trigger('checkpoint', step)
 
   with preemption.PreemptionHandler() as stop_signal, _finish_saves_on_error(
       manager):
     for step in range(start_step, total_steps):
       images, labels = next(batches)
       state = p_train_step(state, *mesh.put_batch(images, labels))
-      if wait_each_step:
+      if wait_each_step or step == start_step:
         jax.block_until_ready(state)
-      window_steps += 1
-      done = step + 1
-      if step == start_step:
-        jax.block_until_ready(state)  # Once: compile time shows up here.
+      if step == start_step:  # Compile time shows up here, once.
         logging.info('First training step done %.1f s after process start',
                      time.time() - psutil.Process().create_time())
+      done, window_steps = step + 1, window_steps + 1
       faults.trigger('step', done)
       report_progress(done)
       is_last = done == total_steps
@@ -573,48 +550,24 @@ def _train_locked(config, workdir, dataset, steps_per_epoch, total_steps,
       log_now = done % config.log_every_steps == 0 or epoch_end
 
       if log_now:
-        _check_finite(state, checkpoint_dir)
-        window = _to_float_dict(state.window_metrics)  # Syncs with device.
+        check_finite(state, checkpoint_dir)
         seconds = time.time() - window_start
-        train_seconds += seconds
-        writer.write_scalars(done, {
-            'train_loss': window['loss'],
-            'train_accuracy': window['accuracy'],
-            'learning_rate': float(lr_fn(step)),
-            'images_per_second': window_steps * config.batch_size / seconds})
-        state = state.replace(
-            window_metrics=mesh.put_replicated(TrainMetrics.empty()))
+        progress.train_seconds += seconds
+        state = log_train_window(
+            writer, state, done, float(lr_fn(step)),
+            window_steps * config.batch_size / seconds, mesh)
         faults.trigger('log', done)
-
       if epoch_end:
-        train = _to_float_dict(state.epoch_metrics)
         test = evaluate(p_eval_step, state, dataset.test, eval_batch_size,
                         mesh)
-        record = {'epoch': done / steps_per_epoch, 'step': done,
-                  'train_loss': train['loss'],
-                  'train_accuracy': train['accuracy'],
-                  'test_loss': test['loss'], 'test_accuracy': test['accuracy']}
-        history.append(record)
-        writer.write_scalars(done, {
-            'epoch_train_loss': train['loss'],
-            'epoch_train_accuracy': train['accuracy'],
-            'test_loss': test['loss'], 'test_accuracy': test['accuracy']})
-        logging.info('epoch %.2f step %d: train loss %.4f acc %.4f, test loss '
-                     '%.4f acc %.4f', record['epoch'], done, train['loss'],
-                     train['accuracy'], test['loss'], test['accuracy'])
-        if done % steps_per_epoch == 0:
-          # A run that ends mid-epoch keeps its partial accumulator, so that
-          # extending it later (more steps) reports the same epochs.
-          state = state.replace(
-              epoch_metrics=mesh.put_replicated(TrainMetrics.empty()))
-
+        state = end_epoch(writer, state, done, steps_per_epoch, test,
+                          progress.history, mesh)
       stop = stop_signal.requested(every_step=not log_now)
-      if epoch_end:
-        # Every evaluated state is saved with its score, so the best one can
-        # be kept (checkpointing.create_manager) and restored exactly.
-        save_checkpoint(done, {'test_accuracy': history[-1]['test_accuracy']})
-      elif done % config.checkpoint_every_steps == 0 or stop:
-        save_checkpoint(done)
+      # Every evaluated state is saved with its score, so the best one can
+      # be kept (checkpointing.create_manager) and restored exactly.
+      if epoch_end or done % config.checkpoint_every_steps == 0 or stop:
+        save(manager, done, state, progress.meta(signature, config), writer,
+             checkpoint_dir, test['accuracy'] if epoch_end else None)
       if stop and not is_last:
         checkpointing.wait(manager)
         manager.close()
@@ -625,50 +578,47 @@ def _train_locked(config, workdir, dataset, steps_per_epoch, total_steps,
             f'same command again to continue')
       if log_now:
         window_start, window_steps = time.time(), 0
-
     checkpointing.wait(manager)
+
   manager.close()
   faults.trigger('results', total_steps)
-  wall_seconds = elapsed['wall_seconds'] + time.time() - session_start
-  summary = _write_results(
-      workdir, config, dataset, history, state, mesh, is_main,
-      wall_seconds=wall_seconds, train_seconds=train_seconds,
-      total_steps=total_steps, eval_batch_size=eval_batch_size)
-  writer.flush()
+  summary = _write_results(workdir, config, dataset, progress, state, mesh,
+                           total_steps, eval_batch_size)
   writer.close()
   logging.info('Done: test accuracy %.4f after %d steps; %.1f s wall, %.0f '
                'train images/s. Summary: %s', summary['test_accuracy'],
-               total_steps, wall_seconds, summary['train_images_per_second'],
+               total_steps, summary['wall_seconds'],
+               summary['train_images_per_second'],
                os.path.join(workdir, 'summary.json'))
   return summary
 
 
-def _write_results(workdir, config, dataset, history, state, mesh, is_main,
-                   *, wall_seconds, train_seconds, total_steps,
-                   eval_batch_size) -> dict:
+def _write_results(workdir, config, dataset, progress: Progress, state, mesh,
+                   total_steps: int, eval_batch_size: int) -> dict:
   """Writes summary.json, metrics.png and predictions.png; returns summary."""
-  final = history[-1]
+  final = progress.history[-1]
   # Latest among equals, as Orbax's BestN keeps.
-  best = max(reversed(history), key=lambda h: h['test_accuracy'])
+  best = max(reversed(progress.history), key=lambda h: h['test_accuracy'])
   summary = {
       'final_step': total_steps, 'epoch': final['epoch'],
-      'train_loss': final['train_loss'],
-      'train_accuracy': final['train_accuracy'],
-      'test_loss': final['test_loss'], 'test_accuracy': final['test_accuracy'],
+      **{k: v for k, v in final.items() if k.startswith(('train_', 'test_'))},
       'best_step': best['step'], 'best_test_accuracy': best['test_accuracy'],
-      'wall_seconds': wall_seconds, 'train_seconds': train_seconds,
+      'wall_seconds': progress.wall_seconds,
+      'train_seconds': progress.train_seconds,
       'train_images_per_second':
-          total_steps * config.batch_size / train_seconds,
-      'history': history, 'config': config.to_dict(),
+          total_steps * config.batch_size / max(progress.train_seconds, 1e-9),
+      'history': progress.history, 'config': config.to_dict(),
   }
   test_images, _, _ = next(input_pipeline.eval_batches(
       dataset.test, eval_batch_size, jax.process_index(),
       jax.process_count()))
-  logits = jax.jit(predict_step)(state, *mesh.put_batch(test_images))
+  predict = jax.jit(functools.partial(predict_step,
+                                      use_ema=config.eval_with_ema))
+  logits = predict(state, *mesh.put_batch(test_images))
   logits = multihost_utils.process_allgather(logits, tiled=True)
-  if is_main:
+  if jax.process_index() == 0:
     _write_json(os.path.join(workdir, 'summary.json'), summary)
-    plots.plot_history(history, os.path.join(workdir, 'metrics.png'))
+    plots.plot_history(progress.history, os.path.join(workdir, 'metrics.png'))
     n = min(25, len(logits))
     plots.plot_predictions(
         dataset.test.images[:n], dataset.test.labels[:n],

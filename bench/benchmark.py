@@ -58,10 +58,11 @@ def train_flops_per_image(batch_size=32):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import models  # pylint: disable=g-import-not-at-top
+  import optimizers  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
   state = train.create_train_state(
       models.create_model('cnn', 10),
-      train.create_optimizer('sgd', 0.01, 0.9, 0), (28, 28, 1), 0)
+      optimizers.create_optimizer('sgd', 0.01, 0.9), (28, 28, 1), 0)
   images = jnp.zeros((batch_size, 28, 28, 1))
   labels = jnp.zeros((batch_size,), jnp.int32)
   compiled = jax.jit(train.train_step).lower(state, images, labels).compile()

@@ -115,22 +115,25 @@ class Trainer:
     import jax  # pylint: disable=g-import-not-at-top
     import input_pipeline  # pylint: disable=g-import-not-at-top
     import models  # pylint: disable=g-import-not-at-top
+    import distributed  # pylint: disable=g-import-not-at-top
+    import optimizers  # pylint: disable=g-import-not-at-top
     import train  # pylint: disable=g-import-not-at-top
 
     self.data, self.batch_size, self.seed = data, batch_size, seed
-    self.mesh = train.Mesh()
-    tx = train.create_optimizer('sgd', learning_rate, momentum, 0.0)
+    self.mesh = distributed.Mesh()
+    tx = optimizers.create_optimizer('sgd', learning_rate, momentum)
     self.state = self.mesh.put_replicated(train.create_train_state(
         models.create_model(model, 10), tx, (28, 28, 1), seed))
     self._step, self._eval = train.jit_steps(self.mesh)
     self._next_step = 0
     self._jax, self._input_pipeline, self._train = jax, input_pipeline, train
+    self._distributed = distributed
 
   def run(self, num_steps):
     batches = self._input_pipeline.train_batches(
         self.data.train, self.batch_size, self.seed, self._next_step,
         num_steps)
-    wait = self._train.one_step_in_flight()
+    wait = self._distributed.one_step_in_flight()
     for images, labels in batches:
       self.state = self._step(self.state,
                               *self.mesh.put_batch(images, labels))

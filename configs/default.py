@@ -10,16 +10,30 @@ def get_config():
   # MNIST-format IDX files is read directly, any other folder is tfds's.
   config.dataset = 'mnist'
   config.data_dir = ''
+  # A name from models.MODELS; model_kwargs go to its constructor (each model
+  # takes dropout_rate and dtype, float32 or bfloat16; ResNets also stem,
+  # widths, ...).
   config.model = 'cnn'
+  config.model_kwargs = ml_collections.ConfigDict(
+      {'dropout_rate': 0.0, 'dtype': 'float32'})
   # sgd (uses `momentum`; 0 means plain SGD), momentum (sgd, momentum > 0),
-  # adam, adamw (uses `weight_decay`).
+  # adam, adamw. weight_decay (sgd, momentum: added to the gradient; adamw:
+  # decoupled) skips biases and normalization parameters.
   config.optimizer = 'sgd'
   config.learning_rate = 0.01
   config.momentum = 0.9
-  config.weight_decay = 1e-4
+  config.weight_decay = 0.0
   # constant, cosine or warmup_cosine (linear warm-up for warmup_epochs).
   config.lr_schedule = 'constant'
   config.warmup_epochs = 0.0
+  # 0 turns each off; grad_accum_steps 1 updates every step.
+  config.grad_clip_norm = 0.0
+  config.label_smoothing = 0.0
+  config.grad_accum_steps = 1
+  # Parameter EMA (0: none); eval_with_ema evaluates, picks the best
+  # checkpoint and predicts with the averaged parameters.
+  config.ema_decay = 0.0
+  config.eval_with_ema = False
   config.batch_size = 32
   config.eval_batch_size = 1000
   config.num_epochs = 10

@@ -7,9 +7,13 @@
 import json
 import os
 
-import ml_collections
+from configs import default
 
 
 def get_config(workdir):
+  """configs/default.py updated with W/config.json (older runs saved fewer
+  keys; the defaults fill in the rest)."""
+  config = default.get_config()
   with open(os.path.join(workdir, 'config.json')) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config.update(json.load(f))
+  return config

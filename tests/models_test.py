@@ -1,28 +1,81 @@
-"""Tests for models.py."""
+"""Tests for models.py: parameter counts, train/eval behaviour, precision."""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import models
 
 
-def _num_params(model, shape):
-  params = model.init(jax.random.PRNGKey(0), jnp.ones(shape))['params']
-  return sum(x.size for x in jax.tree.leaves(params))
+def num_params(model, shape):
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                             jnp.ones(shape))
+  return sum(x.size for x in jax.tree.leaves(variables['params']))
 
 
-def test_cnn_has_quick_start_parameter_count():
-  assert _num_params(models.CNN(num_classes=10), (1, 28, 28, 1)) == 824_458
+@pytest.mark.parametrize('name,classes,shape,count', [
+    ('cnn', 10, (1, 28, 28, 1), 824_458),         # The Flax quick start.
+    ('resnet18', 1000, (1, 224, 224, 3), 11_689_512),  # torchvision's.
+    ('resnet50', 1000, (1, 224, 224, 3), 25_557_032),  # torchvision's.
+    ('resnet34', 1000, (1, 224, 224, 3), 21_797_672),  # torchvision's.
+    ('resnet20', 10, (1, 32, 32, 3), 272_474),    # He et al.: 0.27 M.
+])
+def test_parameter_counts(name, classes, shape, count):
+  assert num_params(models.create_model(name, classes), shape) == count
 
 
-def test_cnn_output_shape():
-  model = models.create_model('cnn', num_classes=7)
-  x = jnp.zeros((3, 28, 28, 1))
-  params = model.init(jax.random.PRNGKey(0), x)
-  assert model.apply(params, x).shape == (3, 7)
+def test_small_image_stem_keeps_resolution():
+  model = models.create_model('resnet18', 10, stem='small')
+  variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 28, 28, 1)))
+  kernel = variables['params']['Conv_0']['kernel']
+  assert kernel.shape == (3, 3, 1, 64)
+  out = model.apply(variables, jnp.ones((2, 28, 28, 1)))
+  assert out.shape == (2, 10)
 
 
-def test_unknown_model_is_refused_with_accepted_names():
+def _resnet20_variables():
+  model = models.create_model('resnet20', 10, dropout_rate=0.5)
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  return model, model.init(jax.random.PRNGKey(0), x), x
+
+
+def test_batch_stats_change_in_train_and_not_in_eval():
+  model, variables, x = _resnet20_variables()
+  _, updated = model.apply(variables, x, train=True, mutable=['batch_stats'],
+                           rngs={'dropout': jax.random.PRNGKey(2)})
+  before = jax.tree.leaves(variables['batch_stats'])
+  after = jax.tree.leaves(updated['batch_stats'])
+  assert len(before) == len(after) == 2 * 21  # mean, var of 21 norms.
+  assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+  _, same = model.apply(variables, x, train=False, mutable=['batch_stats'])
+  for a, b in zip(before, jax.tree.leaves(same['batch_stats'])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_dropout_masks_follow_the_rng_and_eval_has_none():
+  model, variables, x = _resnet20_variables()
+
+  def train_out(seed):
+    return model.apply(variables, x, train=True, mutable=['batch_stats'],
+                       rngs={'dropout': jax.random.PRNGKey(seed)})[0]
+
+  np.testing.assert_array_equal(train_out(3), train_out(3))
+  assert not np.array_equal(train_out(3), train_out(4))
+  np.testing.assert_array_equal(model.apply(variables, x),
+                                model.apply(variables, x))
+
+
+def test_bfloat16_computes_in_bfloat16_with_float32_parameters():
+  model = models.create_model('cnn', 10, dtype='bfloat16')
+  variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 28, 28, 1)))
+  assert {x.dtype for x in jax.tree.leaves(variables)} == {np.dtype(np.float32)}
+  assert model.apply(variables, jnp.ones((2, 28, 28, 1))).dtype == jnp.bfloat16
+
+
+def test_unknown_model_and_option_are_refused_with_accepted_names():
   with pytest.raises(ValueError, match=r"unknown model 'resnet'.*cnn"):
     models.create_model('resnet', 10)
+  with pytest.raises(ValueError, match=r"takes no option 'depth'; accepted: "
+                                       r"bn_momentum, dropout_rate, dtype"):
+    models.create_model('resnet20', 10, depth=3)

@@ -1,5 +1,6 @@
 """Tests for train.py: the step, the schedules, and whole runs with resume."""
 
+import functools
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import checkpointing
 import conftest
 import input_pipeline
 import models
+import optimizers
 import train
 import workdir_lock
 from configs import default
@@ -40,58 +42,6 @@ def test_compute_steps():
     train.compute_steps(10, 32, 1, -1, 0)
 
 
-@pytest.mark.parametrize('name,state_leaves', [
-    ('sgd', 1), ('momentum', 1), ('adam', 3), ('adamw', 3)])
-def test_every_optimizer_builds_its_state(name, state_leaves):
-  params = {'w': jnp.ones(3)}
-  opt_state = train.create_optimizer(name, 0.1, 0.9, 1e-4).init(params)
-  leaves = jax.tree.leaves(opt_state)
-  # Momentum: a trace per parameter. Adam: a step count, mu and nu.
-  assert len(leaves) == state_leaves
-  assert sorted(x.shape for x in leaves) == sorted(
-      [(3,)] * (state_leaves - (state_leaves > 1)) + [()] * (state_leaves > 1))
-
-
-def test_plain_sgd_has_no_state():
-  assert jax.tree.leaves(train.create_optimizer('sgd', 0.1, 0.0, 0).init(
-      {'w': jnp.ones(3)})) == []
-
-
-def test_warmup_cosine_schedule_shape():
-  lr = train.create_learning_rate_fn('warmup_cosine', 0.1, 100, 10)
-  assert float(lr(0)) == 0.0
-  assert float(lr(10)) == pytest.approx(0.1)
-  assert float(lr(100)) == pytest.approx(0.0, abs=1e-7)
-
-
-@pytest.mark.parametrize('key,value,match', [
-    ('optimizer', 'rmsprop', "unknown optimizer 'rmsprop'"),
-    ('lr_schedule', 'step', "unknown lr_schedule 'step'"),
-    ('model', 'vit', "unknown model 'vit'"),
-    ('learning_rate', 0.0, 'learning_rate must be > 0'),
-    ('batch_size', -4, 'batch_size must be > 0'),
-    ('num_epochs', 0, 'num_epochs must be > 0'),
-    ('num_train_steps', 0, 'num_train_steps must be -1'),
-    ('learning_rate', float('nan'), 'learning_rate must be a finite number'),
-    ('momentum', float('inf'), 'momentum must be a finite number'),
-    ('momentum', -0.5, 'momentum must be >= 0, got -0.5'),
-    ('log_every_steps', 0, 'log_every_steps must be > 0'),
-    ('checkpoint_every_steps', -10, 'checkpoint_every_steps must be > 0'),
-])
-def test_validate_config_names_bad_value(key, value, match):
-  config = default.get_config()
-  config[key] = value
-  with pytest.raises(train.ConfigError, match=match):
-    train.validate_config(config, device_count=1)
-
-
-def test_batch_size_must_divide_by_devices():
-  config = default.get_config()
-  config.batch_size = 30
-  with pytest.raises(train.ConfigError, match='30 is not divisible by the 4'):
-    train.validate_config(config, device_count=4)
-
-
 def _fixed_batch():
   rng = np.random.default_rng(0)
   images = 0.2 * rng.random((16, 28, 28, 1), dtype=np.float32)
@@ -104,7 +54,7 @@ def _fixed_batch():
 def test_train_step_lowers_loss_on_a_fixed_batch():
   model = models.create_model('cnn', 10)
   state = train.create_train_state(
-      model, train.create_optimizer('sgd', 0.05, 0.9, 0), (28, 28, 1), 0)
+      model, optimizers.create_optimizer('sgd', 0.05, 0.9, 0), (28, 28, 1), 0)
   step = jax.jit(train.train_step)
   images, labels = _fixed_batch()
   losses = []
@@ -112,7 +62,8 @@ def test_train_step_lowers_loss_on_a_fixed_batch():
     state = step(state, images, labels)
     window = state.window_metrics.compute()
     losses.append(float(window['loss']))
-    state = state.replace(window_metrics=train.TrainMetrics.empty())
+    state = state.replace(
+        window_metrics=type(state.window_metrics).empty())
   assert int(state.step) == 10
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
   assert losses[-1] < 0.5 * losses[0]
@@ -124,8 +75,10 @@ def test_train_step_lowers_loss_on_a_fixed_batch():
 class NanGradient(nn.Module):
   """Finite outputs, NaN gradient: d sqrt(z)/dz at z = 0 times zero."""
 
+  num_classes: int = 10
+
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     z = self.param('z', nn.initializers.zeros, ())
     logits = nn.Dense(10)(x.reshape((x.shape[0], -1)))
     return logits + 0.0 * jnp.sqrt(z)
@@ -133,7 +86,7 @@ class NanGradient(nn.Module):
 
 def test_nonfinite_gradient_with_finite_loss_is_caught_at_its_step():
   state = train.create_train_state(
-      NanGradient(), train.create_optimizer('sgd', 0.01, 0.0, 0),
+      NanGradient(), optimizers.create_optimizer('sgd', 0.01, 0.0, 0),
       (28, 28, 1), 0)
   images, labels = _fixed_batch()
   step = jax.jit(train.train_step)
@@ -158,7 +111,7 @@ def test_nonfinite_parameters_with_finite_gradients_are_caught():
 def test_eval_step_masks_padding():
   model = models.create_model('cnn', 10)
   state = train.create_train_state(
-      model, train.create_optimizer('sgd', 0.01, 0.9, 0), (28, 28, 1), 0)
+      model, optimizers.create_optimizer('sgd', 0.01, 0.9, 0), (28, 28, 1), 0)
   images, labels = _fixed_batch()
   mask = jnp.arange(16) < 5
   masked = train.eval_step(state, images, labels, mask)
@@ -166,6 +119,92 @@ def test_eval_step_masks_padding():
   assert int(masked.loss.count) == 5
   np.testing.assert_allclose(masked.compute()['loss'],
                              first5.compute()['loss'], rtol=1e-6)
+
+
+def _resnet_state(**kwargs):
+  model = models.create_model('resnet20', 10, dropout_rate=0.5)
+  tx = optimizers.create_optimizer('sgd', 0.05, 0.9)
+  return train.create_train_state(model, tx, (28, 28, 1), 0, **kwargs)
+
+
+def test_train_step_updates_batch_stats_and_draws_dropout_per_step():
+  state = _resnet_state()
+  images, labels = _fixed_batch()
+  step = jax.jit(train.train_step)
+  after = step(state, images, labels)
+  assert not np.array_equal(
+      jax.tree.leaves(after.model_state)[0],
+      jax.tree.leaves(state.model_state)[0])
+  # The same step (same fold_in(rng, step)) draws the same mask: the same
+  # result twice; a later step, with the same parameters, draws another.
+  again = step(_resnet_state(), images, labels)
+  for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(again.params)):
+    np.testing.assert_array_equal(a, b)
+  shifted = _resnet_state()
+  shifted = step(shifted.replace(step=jnp.ones((), jnp.int32)), images,
+                 labels)
+  dense = lambda s: s.params['Dense_0']['kernel']  # After the dropout.
+  assert not np.array_equal(dense(after), dense(shifted))
+
+
+def test_eval_uses_running_statistics_without_changing_them():
+  state = _resnet_state()
+  images, labels = _fixed_batch()
+  first = train.eval_step(state, images, labels, jnp.ones(16, bool))
+  second = train.eval_step(state, images, labels, jnp.ones(16, bool))
+  assert first.compute()['loss'] == second.compute()['loss']
+
+
+def test_ema_follows_its_formula():
+  state = _resnet_state(ema=True)
+  images, labels = _fixed_batch()
+  after = jax.jit(functools.partial(train.train_step, ema_decay=0.9))(
+      state, images, labels)
+  for ema, old, new in zip(jax.tree.leaves(after.ema_params),
+                           jax.tree.leaves(state.params),
+                           jax.tree.leaves(after.params)):
+    np.testing.assert_allclose(ema, 0.9 * old + 0.1 * new, rtol=1e-6,
+                               atol=1e-7)
+  metrics = train.eval_step(after, images, labels, jnp.ones(16, bool),
+                            use_ema=True)
+  live = train.eval_step(after, images, labels, jnp.ones(16, bool))
+  assert metrics.compute()['loss'] != live.compute()['loss']
+
+
+def test_label_smoothing_follows_its_formula():
+  logits = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+  labels = jnp.array([0, 2])
+  a = 0.1
+  log_p = jax.nn.log_softmax(logits)
+  targets = (1 - a) * jax.nn.one_hot(labels, 3) + a / 3
+  expected = -(targets * log_p).sum(-1)
+  np.testing.assert_allclose(train.cross_entropy(logits, labels, a),
+                             expected, rtol=1e-6)
+  np.testing.assert_allclose(train.cross_entropy(logits, labels),
+                             -log_p[jnp.arange(2), labels], rtol=1e-6)
+
+
+def test_top5_accuracy_only_with_more_than_5_classes():
+  assert 'top5_accuracy' in train.create_metrics(10).__annotations__
+  assert 'top5_accuracy' not in train.create_metrics(5).__annotations__
+  logits = jnp.array([[9., 8, 7, 6, 5, 4, 3], [9., 8, 7, 6, 5, 4, 3]])
+  metrics = train.create_metrics(7).single_from_model_output(
+      loss=jnp.zeros(2), logits=logits, labels=jnp.array([4, 5]))
+  values = metrics.compute()
+  assert float(values['top5_accuracy']) == 0.5
+  assert float(values['accuracy']) == 0.0
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_state():
+  model = models.create_model('cnn', 10, dtype='bfloat16')
+  state = train.create_train_state(
+      model, optimizers.create_optimizer('sgd', 0.05, 0.9), (28, 28, 1), 0)
+  images, labels = _fixed_batch()
+  state = jax.jit(train.train_step)(state, images, labels)
+  dtypes = {x.dtype for x in jax.tree.leaves((state.params,
+                                               state.opt_state))}
+  assert dtypes == {np.dtype(np.float32)}
+  assert state.window_metrics.compute()['loss'].dtype == np.float32
 
 
 def _restore_params(workdir):
@@ -342,12 +381,6 @@ def test_divergence_stops_without_saving_nonfinite_state(tmp_path,
   assert conftest.checkpoint_steps(workdir)[-1] < bad_step
   _, state = conftest.final_state(workdir)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
-
-
-def test_eval_batch_size_is_cut_to_the_test_set():
-  assert train.fit_eval_batch_size(1000, 50, 1) == 50
-  assert train.fit_eval_batch_size(1000, 50, 4) == 52
-  assert train.fit_eval_batch_size(20, 50, 4) == 20
 
 
 @pytest.mark.slow

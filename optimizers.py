@@ -1,0 +1,120 @@
+"""Optimizers and learning-rate schedules, each chosen by name from a table.
+
+Everything is optax: weight decay through `optax.add_decayed_weights` (or
+`optax.adamw`) with a mask that skips biases and normalization parameters,
+`optax.clip_by_global_norm`, and `optax.MultiSteps` for gradient
+accumulation, whose counters live in the optimizer state and so resume
+exactly.
+"""
+
+from typing import Callable
+
+import jax
+import optax
+
+
+class OptimizerError(ValueError):
+  """An optimizer setting that cannot be used; the message names it."""
+
+
+def decay_mask(params):
+  """True for the weights weight decay applies to: kernels and embeddings.
+
+  Biases and normalization scales and offsets are 1-D and are left alone, as
+  is usual (decaying a BatchNorm scale only fights the normalization).
+  """
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _sgd(learning_rate, momentum, weight_decay):
+  # Coupled weight decay (added to the gradient), as torch.optim.SGD does.
+  sgd = optax.sgd(learning_rate, momentum=momentum or None)
+  if not weight_decay:
+    return sgd
+  return optax.chain(optax.add_decayed_weights(weight_decay, decay_mask), sgd)
+
+
+def _momentum(learning_rate, momentum, weight_decay):
+  if momentum <= 0:
+    raise OptimizerError(f'optimizer momentum needs momentum > 0, got '
+                         f'{momentum}')
+  return _sgd(learning_rate, momentum, weight_decay)
+
+
+def _adam(learning_rate, momentum, weight_decay):
+  del momentum
+  if weight_decay:
+    raise OptimizerError(f'optimizer adam takes no weight_decay (got '
+                         f'{weight_decay}); use adamw, or weight_decay 0')
+  return optax.adam(learning_rate)
+
+
+def _adamw(learning_rate, momentum, weight_decay):
+  del momentum
+  # Decoupled weight decay (Loshchilov & Hutter), masked like the others.
+  return optax.adamw(learning_rate, weight_decay=weight_decay,
+                     mask=decay_mask)
+
+
+# Every accepted `config.optimizer`: name -> (learning rate or schedule,
+# momentum, weight_decay) -> optax transformation.
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    'sgd': _sgd,  # momentum 0: plain SGD
+    'momentum': _momentum,
+    'adam': _adam,
+    'adamw': _adamw,
+}
+
+# Optimizers that use config.weight_decay (masked, see decay_mask).
+TAKE_WEIGHT_DECAY = ('sgd', 'momentum', 'adamw')
+
+
+def _warmup_cosine(base_lr, total_steps, warmup_steps):
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=base_lr, warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1))
+
+
+# Every accepted `config.lr_schedule`: name -> (base learning rate, total
+# updates, warm-up updates) -> optax schedule.
+LR_SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
+    'constant': lambda base_lr, total, warmup: optax.constant_schedule(
+        base_lr),
+    'cosine': lambda base_lr, total, warmup: optax.cosine_decay_schedule(
+        base_lr, decay_steps=total),
+    'warmup_cosine': _warmup_cosine,
+}
+
+
+def create_learning_rate_fn(schedule: str, base_lr: float, total_steps: int,
+                            warmup_steps: int) -> optax.Schedule:
+  """Returns update -> learning rate for one of LR_SCHEDULES."""
+  if schedule not in LR_SCHEDULES:
+    raise OptimizerError(f'unknown lr_schedule {schedule!r}; accepted: '
+                         f'{", ".join(LR_SCHEDULES)}')
+  return LR_SCHEDULES[schedule](base_lr, total_steps, warmup_steps)
+
+
+def create_optimizer(name: str, learning_rate: optax.ScalarOrSchedule,
+                     momentum: float = 0.0, weight_decay: float = 0.0,
+                     grad_clip_norm: float = 0.0, grad_accum_steps: int = 1
+                     ) -> optax.GradientTransformation:
+  """Returns the optax optimizer `name` (one of OPTIMIZERS).
+
+  Args:
+    name: a key of OPTIMIZERS.
+    learning_rate: a number or a schedule over optimizer updates.
+    momentum: for sgd/momentum.
+    weight_decay: for the optimizers in TAKE_WEIGHT_DECAY, masked.
+    grad_clip_norm: > 0 clips the global gradient norm first.
+    grad_accum_steps: > 1 sums that many steps' gradients into one update.
+  """
+  if name not in OPTIMIZERS:
+    raise OptimizerError(f'unknown optimizer {name!r}; accepted: '
+                         f'{", ".join(OPTIMIZERS)}')
+  tx = OPTIMIZERS[name](learning_rate, momentum, weight_decay)
+  if grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
+  if grad_accum_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=grad_accum_steps)
+  return tx

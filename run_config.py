@@ -1,0 +1,146 @@
+"""What a config must satisfy before a run, and what a resumed run may change.
+
+`validate_config` refuses values no run can use, with one line naming the
+value and what is accepted. `resume_signature` lists what a checkpoint and
+the config resuming from it must share; `RESUME_CHANGES` what may differ and
+what the difference means (the README's tables say the same).
+"""
+
+import math
+import os
+
+from absl import logging
+import ml_collections
+
+import checkpointing
+import input_pipeline
+import models
+import optimizers
+
+
+class ConfigError(ValueError):
+  """A config value that cannot be used; the message names it."""
+
+
+# Keys that may differ between a checkpoint and the run resuming from it, and
+# what the change means. Keys that must not differ are in resume_signature.
+RESUME_CHANGES = {
+    'learning_rate': 'steps after the checkpoint use the new value',
+    'momentum': 'steps after the checkpoint use the new value',
+    'weight_decay': 'steps after the checkpoint use the new value',
+    'grad_clip_norm': 'steps after the checkpoint use the new value',
+    'label_smoothing': 'steps after the checkpoint use the new value',
+    'ema_decay': 'steps after the checkpoint use the new value',
+    'eval_with_ema': 'evaluation and the best checkpoint use the other '
+                     'parameters from now on',
+    'num_epochs': 'the run now ends at another step',
+    'num_train_steps': 'the run now ends at another step',
+    'eval_batch_size': 'test metrics may differ in the last float digits '
+                       '(another summation order)',
+    'data_dir': 'the same examples (checked) are read from another place',
+    'dataset': 'the same examples and class names (checked)',
+}
+
+_POSITIVE = ('learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',
+             'log_every_steps', 'checkpoint_every_steps',
+             'max_checkpoints_to_keep', 'grad_accum_steps')
+_NON_NEGATIVE = ('momentum', 'weight_decay', 'warmup_epochs',
+                 'grad_clip_norm')
+
+
+def validate_config(config: ml_collections.ConfigDict, device_count: int):
+  """Checks values a run cannot fix later; raises ConfigError."""
+  for key, value in config.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f'{key} must be a finite number, got {value!r}')
+  for key in _POSITIVE:
+    if not config[key] > 0:
+      raise ConfigError(f'{key} must be > 0, got {config[key]!r}')
+  for key in _NON_NEGATIVE:
+    if not config[key] >= 0:
+      raise ConfigError(f'{key} must be >= 0, got {config[key]!r}')
+  for key in ('label_smoothing', 'ema_decay'):
+    if not 0 <= config[key] < 1:
+      raise ConfigError(f'{key} must be in [0, 1), got {config[key]!r}')
+  if config.eval_with_ema and not config.ema_decay:
+    raise ConfigError('eval_with_ema needs ema_decay > 0 (0 keeps no EMA)')
+  if config.num_train_steps == 0 or config.num_train_steps < -1:
+    raise ConfigError(f'num_train_steps must be -1 (derive from num_epochs) '
+                      f'or > 0, got {config.num_train_steps}')
+  for key, table in (('optimizer', optimizers.OPTIMIZERS),
+                     ('lr_schedule', optimizers.LR_SCHEDULES),
+                     ('model', models.MODELS)):
+    if config[key] not in table:
+      raise ConfigError(f'unknown {key} {config[key]!r}; accepted: '
+                        f'{", ".join(table)}')
+  if config.weight_decay and (config.optimizer
+                              not in optimizers.TAKE_WEIGHT_DECAY):
+    raise ConfigError(
+        f'optimizer {config.optimizer} takes no weight_decay (got '
+        f'{config.weight_decay}); those that do: '
+        f'{", ".join(optimizers.TAKE_WEIGHT_DECAY)}')
+  try:
+    models.create_model(config.model, 10, **config.model_kwargs.to_dict())
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f'model_kwargs: {e}') from None
+  for key in ('batch_size', 'eval_batch_size'):
+    if config[key] % device_count:
+      raise ConfigError(f'{key} {config[key]} is not divisible by the '
+                        f'{device_count} devices; use a multiple of '
+                        f'{device_count}')
+
+
+def fit_eval_batch_size(eval_batch_size: int, num_test: int,
+                        device_count: int) -> int:
+  """`eval_batch_size`, cut to the test set rounded up to the device count.
+
+  A larger batch would only evaluate padding; the metrics do not change.
+  """
+  return min(eval_batch_size, -(-num_test // device_count) * device_count)
+
+
+def check_workdir(workdir: str):
+  """Fails early, before any work, if `workdir` cannot be written."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f'workdir {workdir!r} is a file; give a folder (it is '
+                      f'created if missing)')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f'workdir {workdir!r} cannot be written: '
+                      f'{e.strerror or e}; give a writable folder') from e
+
+
+def resume_signature(state, config, dataset, total_updates: int,
+                     warmup_updates: int) -> dict:
+  """What a checkpoint and the config resuming from it must share.
+
+  Each field, if changed, would make the resumed run differ from any
+  uninterrupted one in a way no log line can fix: another model or state,
+  another batch for every later step (batch_size, seed, data, accumulation),
+  or another learning-rate curve. What may change is in RESUME_CHANGES.
+  """
+  schedule_steps = None if config.lr_schedule == 'constant' else {
+      'total_steps': total_updates, 'warmup_steps': warmup_updates}
+  return checkpointing.signature(
+      state, model=config.model, model_kwargs=config.model_kwargs.to_dict(),
+      image_shape=list(dataset.train.images.shape[1:]),
+      num_classes=dataset.num_classes, optimizer=config.optimizer,
+      lr_schedule=config.lr_schedule, schedule_steps=schedule_steps,
+      batch_size=config.batch_size, grad_accum_steps=config.grad_accum_steps,
+      seed=config.seed, data=input_pipeline.fingerprint(dataset))
+
+
+def log_config_changes(saved: dict, config: ml_collections.ConfigDict,
+                       step: int):
+  """Says which allowed config changes a resumed run picks up, and what they
+  mean."""
+  for key, meaning in RESUME_CHANGES.items():
+    if key in saved and saved[key] != config[key]:
+      logging.warning('Resuming at step %d with %s=%r (the checkpoint was '
+                      'written with %r): %s', step, key, config[key],
+                      saved[key], meaning)

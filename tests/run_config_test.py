@@ -1,0 +1,85 @@
+"""Tests for run_config.py: values refused before a run starts."""
+
+import os
+
+import pytest
+
+import conftest
+import models
+import optimizers
+import run_config
+from configs import default
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('optimizer', 'rmsprop',
+     "unknown optimizer 'rmsprop'; accepted: sgd, momentum, adam, adamw"),
+    ('lr_schedule', 'step', "unknown lr_schedule 'step'"),
+    ('model', 'vit', "unknown model 'vit'; accepted: cnn, mlp, resnet18"),
+    ('learning_rate', 0.0, 'learning_rate must be > 0'),
+    ('batch_size', -4, 'batch_size must be > 0'),
+    ('num_epochs', 0, 'num_epochs must be > 0'),
+    ('num_train_steps', 0, 'num_train_steps must be -1'),
+    ('learning_rate', float('nan'), 'learning_rate must be a finite number'),
+    ('momentum', float('inf'), 'momentum must be a finite number'),
+    ('momentum', -0.5, 'momentum must be >= 0, got -0.5'),
+    ('log_every_steps', 0, 'log_every_steps must be > 0'),
+    ('checkpoint_every_steps', -10, 'checkpoint_every_steps must be > 0'),
+    ('grad_accum_steps', 0, 'grad_accum_steps must be > 0'),
+    ('grad_clip_norm', -1.0, 'grad_clip_norm must be >= 0'),
+    ('ema_decay', 1.0, 'ema_decay must be in [0, 1), got 1.0'),
+    ('ema_decay', -0.1, 'ema_decay must be in [0, 1), got -0.1'),
+    ('label_smoothing', 1.5, 'label_smoothing must be in [0, 1)'),
+    ('eval_with_ema', True, 'eval_with_ema needs ema_decay > 0'),
+])
+def test_bad_value_is_named(key, value, match):
+  config = default.get_config()
+  config[key] = value
+  with pytest.raises(run_config.ConfigError, match=match.replace(
+      '(', r'\(').replace(')', r'\)').replace('[', r'\[')):
+    run_config.validate_config(config, device_count=1)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    ({'widths': [8]}, "model cnn takes no option 'widths'; accepted: "
+                      "dropout_rate, dtype"),
+    ({'dropout_rate': -0.1}, r'dropout_rate must be in \[0, 1\), got -0.1'),
+    ({'dtype': 'float16'},
+     "unknown dtype 'float16'; accepted: float32, bfloat16"),
+])
+def test_bad_model_kwargs_are_named(kwargs, match):
+  config = default.get_config()
+  for key, value in kwargs.items():
+    config.model_kwargs[key] = value
+  with pytest.raises(run_config.ConfigError, match='model_kwargs: ' + match):
+    run_config.validate_config(config, device_count=1)
+
+
+def test_weight_decay_only_for_optimizers_that_take_it():
+  config = default.get_config()
+  config.optimizer, config.weight_decay = 'adam', 1e-4
+  with pytest.raises(run_config.ConfigError,
+                     match='optimizer adam takes no weight_decay'):
+    run_config.validate_config(config, device_count=1)
+
+
+def test_batch_size_must_divide_by_devices():
+  config = default.get_config()
+  config.batch_size = 30
+  with pytest.raises(run_config.ConfigError,
+                     match='30 is not divisible by the 4'):
+    run_config.validate_config(config, device_count=4)
+
+
+def test_eval_batch_size_is_cut_to_the_test_set():
+  assert run_config.fit_eval_batch_size(1000, 50, 1) == 50
+  assert run_config.fit_eval_batch_size(1000, 50, 4) == 52
+  assert run_config.fit_eval_batch_size(20, 50, 4) == 20
+
+
+def test_every_table_name_is_in_the_readme():
+  readme = open(os.path.join(conftest.ROOT, 'README.md')).read()
+  for table in (models.MODELS, optimizers.OPTIMIZERS,
+                optimizers.LR_SCHEDULES):
+    for name in table:
+      assert f'`{name}`' in readme, name
