@@ -344,11 +344,10 @@ def collect(workdir: str, trial: dict) -> dict:
   if row['status'] == 'done':
     summary = json.load(open(os.path.join(workdir, 'summary.json')))
     best = max(summary['history'], key=lambda h: h['test_accuracy'])
-    row.update(train_loss=summary['train_loss'],
-               train_accuracy=summary['train_accuracy'],
-               test_loss=summary['test_loss'],
-               test_accuracy=summary['test_accuracy'],
-               best_test_accuracy=best['test_accuracy'],
+    # Every metric of the run's last epoch, whatever the trainer records.
+    row.update({k: v for k, v in summary['history'][-1].items()
+                if k.startswith(METRIC_PREFIXES)})
+    row.update(best_test_accuracy=best['test_accuracy'],
                best_epoch=best['epoch'],
                wall_seconds=summary['wall_seconds'])
     row['history'] = summary['history']
@@ -400,20 +399,22 @@ def _sort_key(row):
   return (order[row['status']], -row.get('best_test_accuracy', 0.0))
 
 
-COLUMNS = ['status', 'train_loss', 'train_accuracy', 'test_loss',
-           'test_accuracy', 'best_test_accuracy', 'best_epoch',
-           'wall_seconds', 'error']
+METRIC_PREFIXES = ('train_', 'test_')
+TAIL_COLUMNS = ['best_test_accuracy', 'best_epoch', 'wall_seconds', 'error']
 
 
 def write_reports(workdir: str, rows: list[dict]) -> str:
   """Writes sweep.csv, sweep.md and sweep.png; returns the markdown table."""
   rows = sorted(rows, key=_sort_key)
-  keys = []
+  swept, metrics = [], []
   for row in rows:
     for key in row:
-      if key not in keys and key not in COLUMNS + ['trial', 'history']:
-        keys.append(key)
-  header = ['trial'] + keys + COLUMNS
+      if key in ['trial', 'status', 'history'] + TAIL_COLUMNS:
+        continue
+      group = metrics if key.startswith(METRIC_PREFIXES) else swept
+      if key not in group:
+        group.append(key)
+  header = ['trial'] + swept + ['status'] + metrics + TAIL_COLUMNS
   with open(os.path.join(workdir, 'sweep.csv'), 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=header, extrasaction='ignore')
     writer.writeheader()
