@@ -31,6 +31,9 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy
 import faults
 
 UNREADABLE_DIR = 'checkpoints_unreadable'
+# What a checkpoint's state holds. 1: params-only models; 2: model variable
+# collections, parameter EMA, metrics from one definition (top-5 accuracy).
+FORMAT = 2
 
 
 class CheckpointError(RuntimeError):
@@ -54,7 +57,7 @@ def signature(state, **fields) -> dict:
   leaves = jax.tree_util.tree_flatten_with_path(state)[0]
   shapes = {jax.tree_util.keystr(path): f'{leaf.dtype}{list(leaf.shape)}'
             for path, leaf in leaves}
-  return json.loads(json.dumps(dict(fields, state=shapes)))
+  return json.loads(json.dumps(dict(fields, format=FORMAT, state=shapes)))
 
 
 def _differences(saved: dict, wanted: dict) -> list[str]:
@@ -108,6 +111,13 @@ def read_meta(directory: str, step: int) -> dict:
 def check_compatible(meta: dict, wanted: dict, path: str):
   """Raises IncompatibleCheckpointError if `meta` was written by a config
   with another signature; the message names the first differences."""
+  saved_format = meta['signature'].get('format', 1)
+  if saved_format != wanted.get('format', FORMAT):
+    raise IncompatibleCheckpointError(
+        f'{path} was written by another version of this trainer (checkpoint '
+        f'format {saved_format}; this version reads format {FORMAT}, whose '
+        f'state holds other fields). Use a new --workdir, or the version '
+        f'that wrote it')
   differences = _differences(meta['signature'], wanted)
   if differences:
     raise IncompatibleCheckpointError(

@@ -72,7 +72,11 @@ class Mesh:
   """Places host data and state on all devices: batch split, state copied."""
 
   def __init__(self):
-    self.mesh = jax.make_mesh((jax.device_count(),), ('data',))
+    # Auto axes: XLA propagates the batch sharding through the model, so
+    # layers that make arrays of their own (dropout masks) need no sharding
+    # annotations.
+    self.mesh = jax.make_mesh((jax.device_count(),), ('data',),
+                              axis_types=(jax.sharding.AxisType.Auto,))
     self.batch = jax.sharding.NamedSharding(
         self.mesh, jax.sharding.PartitionSpec('data'))
     self.replicated = jax.sharding.NamedSharding(

@@ -125,7 +125,8 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
   collection = create_metrics(model.num_classes)
   state = TrainState.create(
       apply_fn=model.apply, params=params, tx=tx, model_state=variables,
-      ema_params=params if ema else None, rng=rng,
+      # A copy: the state is donated, and one buffer cannot be donated twice.
+      ema_params=jax.tree.map(jnp.copy, params) if ema else None, rng=rng,
       epoch_metrics=collection.empty(), window_metrics=collection.empty(),
       nonfinite_step=jnp.array(-1, jnp.int32))
   return state.replace(step=jnp.zeros((), jnp.int32))

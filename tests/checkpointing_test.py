@@ -135,5 +135,16 @@ def test_only_bad_data_counts_as_damage(error, bad_data):
 
 def test_signature_lists_state_shapes():
   sig = checkpointing.signature(make_state(0), model='cnn')
-  assert sig == {'model': 'cnn', 'state': {"['step']": 'int32[]',
-                                           "['w']": 'float32[3, 2]'}}
+  assert sig == {'model': 'cnn', 'format': checkpointing.FORMAT,
+                 'state': {"['step']": 'int32[]', "['w']": 'float32[3, 2]'}}
+
+
+def test_checkpoint_of_an_older_format_is_refused_in_one_line(tmp_path):
+  directory = str(tmp_path / 'checkpoints')
+  old = checkpointing.signature(make_state(0), a=1)
+  del old['format']  # As version 1 wrote them.
+  write_checkpoints(directory, [10], signature=old)
+  with pytest.raises(checkpointing.IncompatibleCheckpointError,
+                     match='another version of this trainer .checkpoint '
+                           'format 1; this version reads format 2'):
+    restore(directory)

@@ -166,3 +166,43 @@ def test_second_trainer_exits_2_naming_the_holder(tmp_path, data_dir):
   errors = conftest.error_lines(result.stderr)
   assert len(errors) == 1 and workdir in errors[0]
   assert f'pid {os.getpid()}' in errors[0]
+
+
+# A model with every piece of state that must survive a kill: BatchNorm
+# statistics, dropout (fold_in(rng, step)), a parameter EMA used for
+# evaluation, label smoothing and masked weight decay.
+RESNET_STEPS = 48
+RESNET = {'model': 'resnet20', 'model_kwargs.dropout_rate': 0.2,
+          'ema_decay': 0.9, 'eval_with_ema': True, 'label_smoothing': 0.1,
+          'weight_decay': 5e-4, 'num_train_steps': RESNET_STEPS}
+
+
+def resnet_config(data_dir):
+  config = conftest.tiny_config(data_dir)
+  for key, value in RESNET.items():
+    if key.startswith('model_kwargs.'):
+      config.model_kwargs[key.split('.', 1)[1]] = value
+    else:
+      config[key] = value
+  return config
+
+
+@pytest.fixture(scope='module')
+def resnet_reference(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp('resnet_reference'))
+  train.train_and_evaluate(resnet_config(data_dir), workdir)
+  return workdir
+
+
+@pytest.mark.parametrize('point,step', [
+    ('step', 30), pytest.param('checkpoint', 24, marks=pytest.mark.slow)])
+def test_resnet_with_every_kind_of_state_resumes_bitwise(
+    tmp_path, data_dir, resnet_reference, point, step):
+  workdir = str(tmp_path / 'w')
+  overrides = [f'--config.{k}={str(v).lower() if isinstance(v, bool) else v}'
+               for k, v in RESNET.items()]
+  killed = run_main(workdir, data_dir, *overrides,
+                    env={'TRAINER_FAULT': f'kill:{point}:{step}'})
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  train.train_and_evaluate(resnet_config(data_dir), workdir)
+  conftest.assert_same_run(workdir, resnet_reference, RESNET_STEPS)
