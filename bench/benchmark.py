@@ -2,6 +2,7 @@
 
   .venv/bin/python bench/benchmark.py                 # throughput table
   .venv/bin/python bench/benchmark.py --mode=tta      # time to accuracy
+  .venv/bin/python bench/benchmark.py --mode=dtype    # float32 vs bfloat16
 
 Throughput: every contender is built and warmed up (compiled) first, then
 timed windows run in alternation (A B C A B C ...) so that drift of the
@@ -160,6 +161,36 @@ def throughput(args):
                  'rows': rows}, f, indent=2)
 
 
+def compute_dtypes(args):
+  """Train images/s of each model in float32 and bfloat16 compute, timed in
+  alternation like the throughput table."""
+  data = load(args.data_dir)
+  lineup = [(f'{model} b{batch} {dtype}', model, batch, dtype)
+            for model, batch in (('cnn', 32), ('cnn', 128), ('resnet20', 128))
+            for dtype in ('float32', 'bfloat16')]
+  runners = {}
+  for name, model, batch, dtype in lineup:
+    runners[name] = contenders.make('trainer', data, batch, model=model,
+                                    model_kwargs={'dtype': dtype})
+    runners[name].run(max(2, args.warmup_images // batch))  # Compile, warm.
+  rates = {name: [] for name in runners}
+  for _ in range(args.windows):
+    for name, _, batch, _ in lineup:
+      steps = max(1, args.window_images // batch)
+      rates[name].append(steps * batch /
+                         contenders.timed(runners[name].run, steps))
+  lines = ['| model, batch, compute | train images/s | vs float32 |',
+           '| --- | ---: | ---: |']
+  for name, model, batch, dtype in lineup:
+    base = statistics.median(rates[f'{model} b{batch} float32'])
+    rate = statistics.median(rates[name])
+    lines.append(f'| {name} | {rate:.0f} | {rate / base:.2f}x |')
+  print('\n'.join(lines))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(rates, f, indent=2)
+
+
 def first_step(args):
   """Child process of `first_step_seconds` for the non-trainer contenders."""
   data = load(args.data_dir)
@@ -227,7 +258,7 @@ def time_to_accuracy(args):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--mode', default='throughput',
-                      choices=['throughput', 'tta', 'first_step',
+                      choices=['throughput', 'tta', 'dtype', 'first_step',
                                'reference_epochs'])
   parser.add_argument('--data_dir', default=DEFAULT_DATA)
   parser.add_argument('--windows', type=int, default=5)
@@ -240,7 +271,7 @@ def main():
   parser.add_argument('--json', help='also write the table here')
   args = parser.parse_args()
   os.chdir(contenders.ROOT)
-  {'throughput': throughput, 'tta': time_to_accuracy,
+  {'throughput': throughput, 'tta': time_to_accuracy, 'dtype': compute_dtypes,
    'first_step': first_step, 'reference_epochs': reference_epochs}[args.mode](
        args)
 

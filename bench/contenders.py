@@ -111,7 +111,7 @@ class Trainer:
   """This project's loop pieces, as train.train_and_evaluate uses them."""
 
   def __init__(self, data, batch_size, learning_rate=0.01, momentum=0.9,
-               seed=0, model='cnn'):
+               seed=0, model='cnn', model_kwargs=None):
     import jax  # pylint: disable=g-import-not-at-top
     import input_pipeline  # pylint: disable=g-import-not-at-top
     import models  # pylint: disable=g-import-not-at-top
@@ -123,7 +123,8 @@ class Trainer:
     self.mesh = distributed.Mesh()
     tx = optimizers.create_optimizer('sgd', learning_rate, momentum)
     self.state = self.mesh.put_replicated(train.create_train_state(
-        models.create_model(model, 10), tx, (28, 28, 1), seed))
+        models.create_model(model, 10, **(model_kwargs or {})), tx,
+        (28, 28, 1), seed))
     self._step, self._eval = train.jit_steps(self.mesh)
     self._next_step = 0
     self._jax, self._input_pipeline, self._train = jax, input_pipeline, train

@@ -154,6 +154,7 @@ def test_plain_run_stays_single_process(monkeypatch):
   assert distributed.cluster_detected()
 
 
+@pytest.mark.slow  # The BatchNorm test below covers 4 devices by default.
 def test_four_devices_match_one_device(tmp_path, data_dir, reference):
   workdir = str(tmp_path / 'four')
   result = run(workdir, data_dir, devices=4)
@@ -162,8 +163,8 @@ def test_four_devices_match_one_device(tmp_path, data_dir, reference):
   assert_close_runs(workdir, reference)
 
 
-@pytest.mark.parametrize('before,after', [
-    (4, 1), pytest.param(1, 2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize('before,after', [(4, 1), (1, 2)])
 def test_checkpoint_restores_on_another_device_count(tmp_path, data_dir,
                                                      reference, before,
                                                      after):
