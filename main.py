@@ -129,6 +129,7 @@ def main(argv):
     import distributed
     import inference
     import input_pipeline
+    import optimizers
     import train
     import workdir_lock
     # pylint: enable=g-import-not-at-top
@@ -157,7 +158,8 @@ def main(argv):
       sys.exit(1)
   except (train.ConfigError, input_pipeline.DataError,
           checkpointing.IncompatibleCheckpointError,
-          inference.InferenceError, workdir_lock.WorkdirBusy) as e:
+          inference.InferenceError, optimizers.OptimizerError,
+          workdir_lock.WorkdirBusy) as e:
     _fail(str(e))
   except (train.DivergenceError, checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -12,6 +12,7 @@ import os
 from absl import logging
 import ml_collections
 
+import augmentation
 import checkpointing
 import input_pipeline
 import models
@@ -33,6 +34,7 @@ RESUME_CHANGES = {
     'ema_decay': 'steps after the checkpoint use the new value',
     'eval_with_ema': 'evaluation and the best checkpoint use the other '
                      'parameters from now on',
+    'augment': 'steps after the checkpoint see other augmented images',
     'num_epochs': 'the run now ends at another step',
     'num_train_steps': 'the run now ends at another step',
     'eval_batch_size': 'test metrics may differ in the last float digits '
@@ -67,12 +69,16 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int):
   if config.num_train_steps == 0 or config.num_train_steps < -1:
     raise ConfigError(f'num_train_steps must be -1 (derive from num_epochs) '
                       f'or > 0, got {config.num_train_steps}')
-  for key, table in (('optimizer', optimizers.OPTIMIZERS),
+  for key, table in (('augment', augmentation.AUGMENTATIONS),
+                     ('optimizer', optimizers.OPTIMIZERS),
                      ('lr_schedule', optimizers.LR_SCHEDULES),
                      ('model', models.MODELS)):
     if config[key] not in table:
       raise ConfigError(f'unknown {key} {config[key]!r}; accepted: '
                         f'{", ".join(table)}')
+  if config.optimizer == 'momentum' and not config.momentum > 0:
+    raise ConfigError(f'optimizer momentum needs momentum > 0, got '
+                      f'{config.momentum}; or use optimizer sgd')
   if config.weight_decay and (config.optimizer
                               not in optimizers.TAKE_WEIGHT_DECAY):
     raise ConfigError(

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 import psutil
 
+import augmentation
 import checkpointing
 import distributed
 import event_files
@@ -150,15 +151,18 @@ def all_finite(tree) -> jax.Array:
 
 
 def train_step(state: TrainState, images, labels, *,
-               label_smoothing: float = 0.0, ema_decay: float = 0.0
-               ) -> TrainState:
+               label_smoothing: float = 0.0, ema_decay: float = 0.0,
+               augment: str = 'none') -> TrainState:
   """One optimizer step; loss and metrics come from the same forward pass.
 
-  Dropout draws from fold_in(rng, step), so a resumed step draws the same
-  bits; BatchNorm statistics (any mutable collection) are updated from the
-  global batch.
+  Dropout and augmentation draw from fold_in(rng, step), so a resumed step
+  draws the same bits; BatchNorm statistics (any mutable collection) are
+  updated from the global batch.
   """
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  dropout_rng, augment_rng = jax.random.split(
+      jax.random.fold_in(state.rng, state.step))
+  images = augmentation.augment(augmentation.to_float(images), augment_rng,
+                                augment)
   mutable = list(state.model_state)
 
   def loss_fn(params):
@@ -196,7 +200,8 @@ def train_step(state: TrainState, images, labels, *,
 
 def eval_step(state: TrainState, images, labels, mask, *,
               use_ema: bool = False) -> metrics.Collection:
-  logits = state.apply_fn(state.eval_variables(use_ema), images, train=False)
+  logits = state.apply_fn(state.eval_variables(use_ema),
+                          augmentation.to_float(images), train=False)
   losses = cross_entropy(logits, labels)
   return type(state.epoch_metrics).single_from_model_output(
       loss=losses, logits=logits.astype(jnp.float32), labels=labels,
@@ -204,12 +209,14 @@ def eval_step(state: TrainState, images, labels, mask, *,
 
 
 def predict_step(state: TrainState, images, *, use_ema: bool = False):
-  logits = state.apply_fn(state.eval_variables(use_ema), images, train=False)
+  logits = state.apply_fn(state.eval_variables(use_ema),
+                          augmentation.to_float(images), train=False)
   return logits.astype(jnp.float32)
 
 
 def jit_steps(mesh: distributed.Mesh, *, label_smoothing: float = 0.0,
-              ema_decay: float = 0.0, use_ema: bool = False):
+              ema_decay: float = 0.0, use_ema: bool = False,
+              augment: str = 'none'):
   """The jitted (train_step, eval_step) every caller uses.
 
   The state is donated to the train step. Outputs are pinned replicated, so
@@ -217,7 +224,7 @@ def jit_steps(mesh: distributed.Mesh, *, label_smoothing: float = 0.0,
   """
   return (jax.jit(functools.partial(train_step,
                                     label_smoothing=label_smoothing,
-                                    ema_decay=ema_decay),
+                                    ema_decay=ema_decay, augment=augment),
                   donate_argnums=0, out_shardings=mesh.replicated),
           jax.jit(functools.partial(eval_step, use_ema=use_ema),
                   out_shardings=mesh.replicated))
@@ -521,7 +528,8 @@ def _train(config, workdir, dataset, steps_per_epoch, total_steps,
 
   p_train_step, p_eval_step = jit_steps(
       mesh, label_smoothing=config.label_smoothing,
-      ema_decay=config.ema_decay, use_ema=config.eval_with_ema)
+      ema_decay=config.ema_decay, use_ema=config.eval_with_ema,
+      augment=config.augment)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer)
   logging.info('Training steps %d..%d (%d per epoch, batch %d on %d devices)',

@@ -43,7 +43,7 @@ class Reference:
     self.data = data
     self.batch_size = batch_size
     ds = tf.data.Dataset.from_tensor_slices(
-        {'image': data.train.images, 'label': data.train.labels})
+        {'image': _float(data.train.images), 'label': data.train.labels})
     ds = ds.repeat().shuffle(1024, seed=seed).batch(batch_size,
                                                      drop_remainder=True)
     self.iterator = ds.prefetch(1).as_numpy_iterator()
@@ -101,7 +101,8 @@ class Reference:
     correct = 0
     test = self.data.test
     for start in range(0, len(test), 1000):
-      logits = self._eval_logits(self.state, test.images[start:start + 1000])
+      logits = self._eval_logits(self.state,
+                                 _float(test.images[start:start + 1000]))
       correct += int((np.asarray(logits).argmax(-1) ==
                       test.labels[start:start + 1000]).sum())
     return correct / len(test)
@@ -161,7 +162,7 @@ class Torch:
     self.torch, self.data, self.batch_size = torch, data, batch_size
     # NCHW copies once, so the loop only indexes.
     self.images = torch.from_numpy(
-        np.ascontiguousarray(data.train.images.transpose(0, 3, 1, 2)))
+        np.ascontiguousarray(_float(data.train.images).transpose(0, 3, 1, 2)))
     self.labels = torch.from_numpy(data.train.labels.astype(np.int64))
     self.model = nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
@@ -199,13 +200,20 @@ class Torch:
     self.model.eval()
     test = self.data.test
     images = self.torch.from_numpy(
-        np.ascontiguousarray(test.images.transpose(0, 3, 1, 2)))
+        np.ascontiguousarray(_float(test.images).transpose(0, 3, 1, 2)))
     with self.torch.no_grad():
       predictions = self.model(images).argmax(1).numpy()
     return float((predictions == test.labels).mean())
 
 
 CONTENDERS = {'reference': Reference, 'trainer': Trainer, 'torch': Torch}
+
+
+def _float(images):
+  """uint8 -> float32 in [0, 1], as the quick start and PyTorch loops take
+  their data (the trainer takes uint8 and scales on the device)."""
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline.to_float(images)
 
 
 def make(name, data, batch_size, **kwargs):

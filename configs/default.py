@@ -34,6 +34,9 @@ def get_config():
   # checkpoint and predicts with the averaged parameters.
   config.ema_decay = 0.0
   config.eval_with_ema = False
+  # On-device training augmentation: none, crop (pad 4 and crop back at
+  # random) or crop_flip (and mirror half the images; not for digits).
+  config.augment = 'none'
   config.batch_size = 32
   config.eval_batch_size = 1000
   config.num_epochs = 10

@@ -169,12 +169,13 @@ def test_second_trainer_exits_2_naming_the_holder(tmp_path, data_dir):
 
 
 # A model with every piece of state that must survive a kill: BatchNorm
-# statistics, dropout (fold_in(rng, step)), a parameter EMA used for
-# evaluation, label smoothing and masked weight decay.
+# statistics, dropout and augmentation (fold_in(rng, step)), a parameter EMA
+# used for evaluation, label smoothing and masked weight decay.
 RESNET_STEPS = 48
 RESNET = {'model': 'resnet20', 'model_kwargs.dropout_rate': 0.2,
           'ema_decay': 0.9, 'eval_with_ema': True, 'label_smoothing': 0.1,
-          'weight_decay': 5e-4, 'num_train_steps': RESNET_STEPS}
+          'weight_decay': 5e-4, 'augment': 'crop_flip',
+          'num_train_steps': RESNET_STEPS}
 
 
 def resnet_config(data_dir):

@@ -1,6 +1,7 @@
 """Tests for run_config.py: values refused before a run starts."""
 
 import os
+import re
 
 import pytest
 
@@ -35,8 +36,15 @@ from configs import default
 def test_bad_value_is_named(key, value, match):
   config = default.get_config()
   config[key] = value
-  with pytest.raises(run_config.ConfigError, match=match.replace(
-      '(', r'\(').replace(')', r'\)').replace('[', r'\[')):
+  with pytest.raises(run_config.ConfigError, match=re.escape(match)):
+    run_config.validate_config(config, device_count=1)
+
+
+def test_momentum_optimizer_needs_momentum():
+  config = default.get_config()
+  config.optimizer, config.momentum = 'momentum', 0.0
+  with pytest.raises(run_config.ConfigError,
+                     match='optimizer momentum needs momentum > 0, got 0.0'):
     run_config.validate_config(config, device_count=1)
 
 

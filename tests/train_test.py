@@ -275,10 +275,20 @@ def _restore_params(workdir):
   return step, state['params']
 
 
-def test_end_to_end_on_mock_tfds_with_resume(tmp_path, monkeypatch):
-  # mock_data replaces tfds downloads; pretend the network is there.
+def test_flax_example_test_pattern_works_offline(tmp_path, monkeypatch):
+  # As the Flax examples test train_and_evaluate: configs/default.py with a
+  # small batch, under mock_data, on a machine without network.
   monkeypatch.setattr(input_pipeline, '_network_reachable',
-                      lambda *a, **k: True)
+                      lambda *a, **k: False)
+  config = default.get_config()
+  config.num_epochs = 1
+  config.batch_size = 8
+  with tfds.testing.mock_data(num_examples=8):
+    summary = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert summary['final_step'] == 1 and len(summary['history']) == 1
+
+
+def test_end_to_end_on_mock_tfds_with_resume(tmp_path):
   whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
   with tfds.testing.mock_data(num_examples=40):
     summary = train.train_and_evaluate(tiny_config(), whole)

@@ -1,0 +1,60 @@
+"""Tests for augmentation.py: uint8 scaling and deterministic augmentation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import augmentation
+import input_pipeline
+
+
+def images():
+  rng = np.random.default_rng(0)
+  return jnp.asarray(rng.integers(0, 256, (6, 12, 10, 3), dtype=np.uint8))
+
+
+def test_uint8_scaling_equals_the_host_division_exactly():
+  every = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
+  on_device = jax.jit(augmentation.to_float)(jnp.asarray(every))
+  np.testing.assert_array_equal(np.asarray(on_device),
+                                input_pipeline.to_float(every))
+  floats = jnp.ones((2, 2), jnp.float32) * 0.5
+  assert augmentation.to_float(floats) is floats
+
+
+@pytest.mark.parametrize('kind', ['crop', 'crop_flip'])
+def test_same_key_same_batch_other_key_other_batch(kind):
+  x = augmentation.to_float(images())
+  fn = jax.jit(augmentation.augment, static_argnums=2)
+  a = fn(x, jax.random.PRNGKey(1), kind)
+  np.testing.assert_array_equal(a, fn(x, jax.random.PRNGKey(1), kind))
+  assert not np.array_equal(a, fn(x, jax.random.PRNGKey(2), kind))
+  assert a.shape == x.shape and a.dtype == x.dtype
+
+
+def test_none_leaves_images_untouched():
+  x = augmentation.to_float(images())
+  np.testing.assert_array_equal(
+      augmentation.augment(x, jax.random.PRNGKey(1), 'none'), x)
+
+
+def test_crop_is_a_shifted_window_of_the_zero_padded_image():
+  x = augmentation.to_float(images())
+  out = np.asarray(augmentation.augment(x, jax.random.PRNGKey(3), 'crop'))
+  p = augmentation.CROP_PADDING
+  padded = np.pad(np.asarray(x), ((0, 0), (p, p), (p, p), (0, 0)))
+  for image, result in zip(padded, out):
+    windows = [image[i:i + 12, j:j + 10] for i in range(2 * p + 1)
+               for j in range(2 * p + 1)]
+    assert any(np.array_equal(result, w) for w in windows)
+
+
+def test_flip_mirrors_some_images_left_right():
+  x = augmentation.to_float(images())
+  flipped = np.asarray(augmentation._random_flip(x, jax.random.PRNGKey(0)))  # pylint: disable=protected-access
+  mirrored = [np.array_equal(f, np.asarray(i)[:, ::-1])
+              for f, i in zip(flipped, x)]
+  kept = [np.array_equal(f, np.asarray(i)) for f, i in zip(flipped, x)]
+  assert all(m or k for m, k in zip(mirrored, kept))
+  assert any(mirrored) and any(kept)
