@@ -154,17 +154,8 @@ def test_plain_run_stays_single_process(monkeypatch):
   assert distributed.cluster_detected()
 
 
-@pytest.mark.slow  # The BatchNorm test below covers 4 devices by default.
-def test_four_devices_match_one_device(tmp_path, data_dir, reference):
-  workdir = str(tmp_path / 'four')
-  result = run(workdir, data_dir, devices=4)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert 'batch 8 on 4 devices' in result.stderr
-  assert_close_runs(workdir, reference)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize('before,after', [(4, 1), (1, 2)])
+@pytest.mark.parametrize('before,after', [(4, 1)])
 def test_checkpoint_restores_on_another_device_count(tmp_path, data_dir,
                                                      reference, before,
                                                      after):
@@ -179,8 +170,8 @@ def test_checkpoint_restores_on_another_device_count(tmp_path, data_dir,
 
 
 @pytest.mark.slow
-def test_two_processes_killed_resumed_match_one_process(tmp_path, data_dir,
-                                                        reference):
+def test_two_processes_killed_agree_on_restore_and_resume(tmp_path, data_dir,
+                                                          reference):
   workdir = str(tmp_path / 'w')
   # Process 1 dies at step 50; process 0 must notice and exit, not hang.
   start = time.time()
@@ -190,37 +181,24 @@ def test_two_processes_killed_resumed_match_one_process(tmp_path, data_dir,
   assert 'another task died' in results[0][1] or (
       'stopped sending heartbeats' in results[0][1]), results[0][1][-3000:]
   assert time.time() - start < TIMEOUT
-  results = run_processes(workdir, data_dir)
-  for code, err in results:
-    assert code == 0, err[-3000:]
-  assert 'Resumed from step' in results[0][1]
-  assert_close_runs(workdir, reference)
-
-
-@pytest.mark.slow
-def test_two_processes_agree_on_restore_then_restore_on_one_device(
-    tmp_path, data_dir, reference):
-  workdir = str(tmp_path / 'w')
-  results = run_processes(workdir, data_dir, faults=('kill:step:60',
-                                                     'kill:step:60'))
-  assert [code for code, _ in results] == [-signal.SIGKILL] * 2
-  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir,
-                                                         'checkpoints'))
-                 if s.isdigit())
+  latest = max(int(s) for s in os.listdir(os.path.join(workdir,
+                                                        'checkpoints'))
+               if s.isdigit())
   # An I/O error on process 1 alone: both stop with it, nothing is moved,
   # neither quietly resumes from an older step nor waits for the other.
   results = run_processes(workdir, data_dir,
-                          faults=(None, f'eio:restore:{steps[-1]}'))
+                          faults=(None, f'eio:restore:{latest}'))
   for code, err in results:
     assert code == 1, err[-3000:]
     errors = [l for l in err.splitlines() if l.startswith('error:')]
-    assert len(errors) == 1 and f'checkpoint {steps[-1]} in' in errors[0]
+    assert len(errors) == 1 and f'checkpoint {latest} in' in errors[0]
   assert 'injected I/O error' in results[1][1]
   assert 'failed on another process' in results[0][1]
   assert not os.path.exists(os.path.join(workdir, 'checkpoints_unreadable'))
-  resumed = run(workdir, data_dir, devices=1)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert 'Resumed from step' in resumed.stderr
+  results = run_processes(workdir, data_dir)
+  for code, err in results:
+    assert code == 0, err[-3000:]
+  assert f'Resumed from step {latest}' in results[0][1]
   assert_close_runs(workdir, reference)
 
 

@@ -25,15 +25,11 @@ import workdir_lock
 from configs import default
 
 
-def tiny_config(**overrides):
-  config = default.get_config()
-  config.batch_size = 8
-  config.eval_batch_size = 16
-  config.num_train_steps = 12
-  config.log_every_steps = 4
-  config.checkpoint_every_steps = 4
-  config.update(overrides)
-  return config
+def tiny_config(data_dir='', **overrides):
+  """12 steps at batch 8, logging and checkpointing every 4."""
+  return conftest.tiny_config(data_dir, **dict(
+      {'eval_batch_size': 16, 'num_train_steps': 12, 'log_every_steps': 4,
+       'checkpoint_every_steps': 4}, **overrides))
 
 
 def test_compute_steps():
@@ -320,7 +316,7 @@ def test_end_to_end_on_mock_tfds_with_resume(tmp_path):
 
 def test_finished_run_is_left_alone(tmp_path, idx_dir):
   workdir = str(tmp_path / 'w')
-  config = tiny_config(dataset='mnist', data_dir=idx_dir)
+  config = tiny_config(idx_dir, dataset='mnist')
   assert train.train_and_evaluate(config, workdir) is not None
   path = os.path.join(workdir, 'summary.json')
   before = (open(path).read(), os.path.getmtime(path))
@@ -368,6 +364,22 @@ def test_preempted_run_resumes_bitwise(tmp_path, small_data_dir, reference,
   monkeypatch.delenv('TRAINER_FAULT')
   run(small_data_dir, workdir)
   conftest.assert_same_run(workdir, reference, TOTAL_STEPS)
+
+
+def test_preempted_between_accumulated_steps_resumes_bitwise(
+    tmp_path, small_data_dir, monkeypatch):
+  # Stopped after the first of two accumulated steps: the partial gradient
+  # sum lives in the optimizer state (optax.MultiSteps) and is restored.
+  accumulate = {'grad_accum_steps': 2, 'num_train_steps': 40,
+                'lr_schedule': 'cosine'}
+  reference, workdir = str(tmp_path / 'r'), str(tmp_path / 'w')
+  run(small_data_dir, reference, **accumulate)
+  monkeypatch.setenv('TRAINER_FAULT', 'term:step:33')
+  with pytest.raises(train.Preempted, match='at step 33'):
+    run(small_data_dir, workdir, **accumulate)
+  monkeypatch.delenv('TRAINER_FAULT')
+  run(small_data_dir, workdir, **accumulate)
+  conftest.assert_same_run(workdir, reference, 40)
 
 
 @pytest.fixture(scope='module')
@@ -450,14 +462,3 @@ def test_divergence_stops_without_saving_nonfinite_state(tmp_path,
   assert conftest.checkpoint_steps(workdir)[-1] < bad_step
   _, state = conftest.final_state(workdir)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
-
-
-@pytest.mark.slow
-def test_one_real_epoch_of_fashion_mnist(tmp_path):
-  assert os.path.isdir(conftest.FASHION_MNIST_DIR), (
-      'needs `apt-get install dataset-fashion-mnist` (make data)')
-  from configs import fashion_mnist  # pylint: disable=g-import-not-at-top
-  config = fashion_mnist.get_config()
-  config.num_epochs = 1
-  summary = train.train_and_evaluate(config, str(tmp_path / 'w'))
-  assert summary['test_accuracy'] >= 0.85, summary['test_accuracy']
