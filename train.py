@@ -75,13 +75,13 @@ class TrainState(train_state.TrainState):
   """Everything a restart needs, as one pytree.
 
   Besides step, params and optimizer state: the model's other variable
-  collections (BatchNorm statistics), the parameter EMA (None when off), the
-  RNG key, and the metric accumulators of the current epoch and logging
+  collections (BatchNorm statistics), the EMA of all model variables (None
+  when off), the RNG key, and the metric accumulators of the current epoch and logging
   window, so a run resumed mid-epoch reports the same numbers as one never
   interrupted.
   """
   model_state: Any
-  ema_params: Any
+  ema_variables: Any
   rng: jax.Array
   epoch_metrics: metrics.Collection
   window_metrics: metrics.Collection
@@ -91,8 +91,9 @@ class TrainState(train_state.TrainState):
   nonfinite_step: jax.Array
 
   def eval_variables(self, use_ema: bool) -> dict:
-    params = self.ema_params if use_ema else self.params
-    return {'params': params, **self.model_state}
+    if use_ema:
+      return self.ema_variables
+    return {'params': self.params, **self.model_state}
 
 
 def compute_steps(num_train_examples: int, batch_size: int, num_epochs: int,
@@ -127,7 +128,8 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
   state = TrainState.create(
       apply_fn=model.apply, params=params, tx=tx, model_state=variables,
       # A copy: the state is donated, and one buffer cannot be donated twice.
-      ema_params=jax.tree.map(jnp.copy, params) if ema else None, rng=rng,
+      ema_variables=jax.tree.map(jnp.copy, {'params': params, **variables})
+      if ema else None, rng=rng,
       epoch_metrics=collection.empty(), window_metrics=collection.empty(),
       nonfinite_step=jnp.array(-1, jnp.int32))
   return state.replace(step=jnp.zeros((), jnp.int32))
@@ -175,16 +177,11 @@ def train_step(state: TrainState, images, labels, *,
   grads, (losses, logits, model_state) = jax.grad(loss_fn, has_aux=True)(
       state.params)
   new_state = state.apply_gradients(grads=grads)
-  ema_params = state.ema_params
+  ema_variables = state.ema_variables
   if ema_decay:
-    ema_params = optax.incremental_update(new_state.params, ema_params,
-                                          1.0 - ema_decay)
-    if isinstance(state.opt_state, optax.MultiStepsState):
-      # Between accumulated updates the parameters do not move; neither
-      # does their average.
-      updated = optax.MultiSteps.has_updated(new_state.opt_state)
-      ema_params = jax.tree.map(lambda new, old: jnp.where(updated, new, old),
-                                ema_params, state.ema_params)
+    ema_variables = update_ema(state.ema_variables, {
+        'params': new_state.params, **model_state}, new_state.opt_state,
+                               new_state.step, ema_decay)
   finite = jnp.isfinite(losses.mean()) & all_finite(grads) & all_finite(
       new_state.params)
   nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite,
@@ -192,10 +189,31 @@ def train_step(state: TrainState, images, labels, *,
   step_metrics = type(state.epoch_metrics).single_from_model_output(
       loss=losses, logits=logits, labels=labels)
   return new_state.replace(
-      model_state=dict(model_state), ema_params=ema_params,
+      model_state=dict(model_state), ema_variables=ema_variables,
       epoch_metrics=state.epoch_metrics.merge(step_metrics),
       window_metrics=state.window_metrics.merge(step_metrics),
       nonfinite_step=nonfinite_step)
+
+
+def update_ema(ema, variables, opt_state, step, decay: float):
+  """The EMA of the model's variables (parameters and BatchNorm statistics,
+  so that evaluation sees statistics of the averaged model) after an update.
+
+  Until 1/(n+1) drops below 1 - decay it is the plain mean of the n updates'
+  variables and the initial ones, so a short run is not dominated by its
+  random initialization.
+  """
+  updates = step
+  if isinstance(opt_state, optax.MultiStepsState):
+    updates = opt_state.gradient_step  # Real updates, not micro-steps.
+  rate = jnp.maximum(1.0 - decay, 1.0 / (updates + 1.0))
+  new = optax.incremental_update(variables, ema, rate)
+  if isinstance(opt_state, optax.MultiStepsState):
+    # Between accumulated updates the parameters do not move; neither does
+    # their average.
+    moved = optax.MultiSteps.has_updated(opt_state)
+    new = jax.tree.map(lambda n, o: jnp.where(moved, n, o), new, ema)
+  return new
 
 
 def eval_step(state: TrainState, images, labels, mask, *,

@@ -155,17 +155,26 @@ def test_eval_uses_running_statistics_without_changing_them():
 def test_ema_follows_its_formula():
   state = _resnet_state(ema=True)
   images, labels = _fixed_batch()
-  after = jax.jit(functools.partial(train.train_step, ema_decay=0.9))(
-      state, images, labels)
-  for ema, old, new in zip(jax.tree.leaves(after.ema_params),
-                           jax.tree.leaves(state.params),
-                           jax.tree.leaves(after.params)):
-    np.testing.assert_allclose(ema, 0.9 * old + 0.1 * new, rtol=1e-6,
+  step = jax.jit(functools.partial(train.train_step, ema_decay=0.9))
+  first = step(state, images, labels)
+  # Update 1: the mean of the initial and the new variables (1/2 > 1 - 0.9).
+  for ema, old, new in zip(jax.tree.leaves(first.ema_variables),
+                           jax.tree.leaves(state.eval_variables(False)),
+                           jax.tree.leaves(first.eval_variables(False))):
+    np.testing.assert_allclose(ema, 0.5 * old + 0.5 * new, rtol=1e-6,
                                atol=1e-7)
-  metrics = train.eval_step(after, images, labels, jnp.ones(16, bool),
-                            use_ema=True)
+  later = first.replace(step=jnp.array(20, jnp.int32))
+  after = step(later, images, labels)
+  # Update 21: 1/22 < 0.1, so the EMA rate 0.1 (BatchNorm statistics too).
+  for ema, old, new in zip(jax.tree.leaves(after.ema_variables),
+                           jax.tree.leaves(later.ema_variables),
+                           jax.tree.leaves(after.eval_variables(False))):
+    np.testing.assert_allclose(ema, 0.9 * old + 0.1 * new, rtol=1e-5,
+                               atol=1e-6)
+  with_ema = train.eval_step(after, images, labels, jnp.ones(16, bool),
+                             use_ema=True)
   live = train.eval_step(after, images, labels, jnp.ones(16, bool))
-  assert metrics.compute()['loss'] != live.compute()['loss']
+  assert with_ema.compute()['loss'] != live.compute()['loss']
 
 
 def test_label_smoothing_follows_its_formula():
