@@ -8,7 +8,6 @@
 import contextlib
 import logging as std_logging
 import os
-import re
 import sys
 import tempfile
 
@@ -16,6 +15,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+import cli
 
 FLAGS = flags.FLAGS
 
@@ -42,45 +43,11 @@ flags.mark_flags_as_required(['workdir'])
 
 def parse_flags(argv):
   """absl's parsing, with every bad flag reported in one line and exit 2."""
-  try:
-    argv = FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
-  except SyntaxError as e:
-    _fail(f'cannot load --config: {e.filename} line {e.lineno}: {e.msg}')
-  except AttributeError as e:
-    if "has no attribute 'get_config'" in str(e):
-      given = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
-      _fail(f'cannot load --config={given[-1] if given else ""}: it defines '
-            f'no get_config() (a config file is Python with get_config() '
-            f'returning an ml_collections.ConfigDict)')
-    # ml_collections reports an unknown --config.KEY as an AttributeError
-    # whose text is the quoted key plus a suggestion.
-    key = re.search(r'[A-Za-z_][\w.]*', str(e))
-    hint = re.search(r'Did you mean "([^"]+)"', str(e))
-    _fail(f"unknown config key '{key.group(0) if key else e}'" +
-          (f" (did you mean '{hint.group(1)}'?)" if hint else '') +
-          '; the accepted keys are those in configs/default.py')
-  if FLAGS.config is None:
-    if FLAGS.mode == 'train':
-      _fail('--config is required to train (e.g. '
-            '--config=configs/fashion_mnist.py)')
-    return argv
-  try:
-    FLAGS.config.to_dict()  # A config file that failed to load raises here.
-  except OSError as e:
-    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-    _fail(f'cannot load --config: {lines[-1]}')
-  except AttributeError:
-    _fail(f'cannot load --config={FLAGS["config"].config_filename}: '
-          f'get_config() returned {type(FLAGS.config).__name__}, not an '
-          f'ml_collections.ConfigDict')
+  argv = cli.parse_flags(argv)
+  if FLAGS.config is None and FLAGS.mode == 'train':
+    cli.fail('--config is required to train (e.g. '
+             '--config=configs/fashion_mnist.py)')
   return argv
-
-
-def _fail(message):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
 
 
 def _quiet_library_info(record) -> bool:
@@ -137,7 +104,7 @@ def main(argv):
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)
   except distributed.DistributedError as e:
-    _fail(str(e))
+    cli.fail(str(e))
   try:
     if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -149,7 +116,7 @@ def main(argv):
       print(inference.format_report(report))
       return
     if len(argv) < 2:
-      _fail('--mode=predict needs image files: main.py --mode=predict '
+      cli.fail('--mode=predict needs image files: main.py --mode=predict '
             '--workdir=W IMAGE [IMAGE ...]')
     lines, failed = inference.predict_files(config, FLAGS.workdir, argv[1:],
                                             FLAGS.checkpoint)
@@ -160,7 +127,7 @@ def main(argv):
           checkpointing.IncompatibleCheckpointError,
           inference.InferenceError, optimizers.OptimizerError,
           workdir_lock.WorkdirBusy) as e:
-    _fail(str(e))
+    cli.fail(str(e))
   except (train.DivergenceError, checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

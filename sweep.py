@@ -12,13 +12,13 @@ relative to where the command runs. Results: W/sweep.csv, W/sweep.md (best
 first) and W/sweep.png. This file defines flags only; see sweeps.py.
 """
 
-import re
 import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+import cli
 import sweeps
 
 FLAGS = flags.FLAGS
@@ -40,46 +40,9 @@ flags.DEFINE_boolean('retry_failed', False, 'Run failed trials again.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def parse_flags(argv):
-  """absl's parsing; a bad flag or config file is one `error:` line, exit 2."""
-  try:
-    rest = FLAGS(argv)
-    FLAGS.config.to_dict()  # A config file that failed to load raises here.
-  except flags.Error as e:
-    _fail(str(e).splitlines()[0])
-  except OSError as e:
-    _fail(f'cannot load --config={_config_arg(argv)}: '
-          f'{str(e).strip().splitlines()[-1].strip()}; accepted: a Python '
-          f'file defining get_config()')
-  except AttributeError as e:  # From config_flags, which names no file.
-    if 'get_config' in str(e):
-      _fail(f'--config={_config_arg(argv)} has no get_config(); accepted: '
-            f'a Python file defining get_config()')
-    match = re.search(r'[A-Za-z_][\w.]*', str(e))
-    key = match.group(0) if match else str(e)
-    _fail(f'unknown config key {key!r} in --config.{key}; accepted: the '
-          f'keys of {_config_arg(argv)}')
-  return rest
-
-
-def _config_arg(argv) -> str:
-  """The --config value as typed (absl has not stored it after an error)."""
-  for i, arg in enumerate(argv):
-    if arg.startswith('--config='):
-      return arg.split('=', 1)[1]
-    if arg == '--config' and i + 1 < len(argv):
-      return argv[i + 1]
-  return '?'
-
-
-def _fail(message):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
 def main(argv):
   if len(argv) > 1:
-    _fail(f'unexpected arguments {argv[1:]}; accepted: flags only')
+    cli.fail(f'unexpected arguments {argv[1:]}; accepted: flags only')
   sys.exit(sweeps.sweep_and_report(
       FLAGS.workdir, FLAGS.config, FLAGS['config'].config_filename,
       dict(config_flags.get_override_values(FLAGS['config'])), FLAGS.sweep,
@@ -89,4 +52,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -157,7 +157,7 @@ def test_cli_bad_config_one_line_exit_2(finished_run, data_dir, args,
 
 
 @pytest.mark.parametrize('text,expected', [
-    (None, 'cannot load --config: [Errno 2] No such file or directory'),
+    (None, 'No such file or directory'),
     ('def get_config(:\n', 'line 1: invalid syntax'),
     ('x = 1\n', 'defines no get_config()'),
     ('def get_config():\n  return 5\n',

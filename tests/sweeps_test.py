@@ -322,14 +322,14 @@ def test_cli_bad_input_exits_2_in_one_line_before_any_trial(tmp_path):
        "accepted: a finite number)"),
       (['--config=configs/nope.py', lr],
        "cannot load --config=configs/nope.py: [Errno 2] No such file or "
-       "directory: 'configs/nope.py'; accepted: a Python file defining "
-       "get_config()"),
+       "directory: 'configs/nope.py'"),
       ([f'--config={no_get_config}', lr],
-       f'--config={no_get_config} has no get_config(); accepted: a Python '
-       f'file defining get_config()'),
+       f'cannot load --config={no_get_config}: it defines no get_config() '
+       f'(a config file is Python with get_config() returning an '
+       f'ml_collections.ConfigDict)'),
       (['--config=configs/default.py', '--config.learning_rat=1', lr],
-       "unknown config key 'learning_rat' in --config.learning_rat; "
-       "accepted: the keys of configs/default.py"),
+       "unknown config key 'learning_rat' (did you mean 'learning_rate'?); "
+       "the accepted keys are those of configs/default.py"),
       (['--config=configs/default.py', '--parallel=x', lr],
        "flag --parallel=x: invalid literal for int() with base 10: 'x'"),
       (['--config=configs/default.py', '--parallel=0', lr],

@@ -1,0 +1,62 @@
+"""Command-line parsing shared by main.py and sweep.py: every bad flag or
+config file becomes one `error: ...` line and exit status 2."""
+
+import re
+import sys
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+
+
+def fail(message: str):
+  """Prints `error: message` and exits with status 2 (bad input)."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def config_arg(argv) -> str:
+  """The --config value as typed (absl has not stored it after an error)."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return ''
+
+
+def parse_flags(argv):
+  """absl's parsing of argv, with --config (if given) loaded and checked.
+
+  Returns:
+    The arguments absl leaves over.
+  """
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).splitlines()[0])
+  except SyntaxError as e:
+    fail(f'cannot load --config={config_arg(argv)}: line {e.lineno}: '
+         f'{e.msg}')
+  except AttributeError as e:
+    if "has no attribute 'get_config'" in str(e):
+      fail(f'cannot load --config={config_arg(argv)}: it defines no '
+           f'get_config() (a config file is Python with get_config() '
+           f'returning an ml_collections.ConfigDict)')
+    # ml_collections reports an unknown --config.KEY as an AttributeError
+    # whose text is the quoted key plus a suggestion.
+    key = re.search(r'[A-Za-z_][\w.]*', str(e))
+    hint = re.search(r'Did you mean "([^"]+)"', str(e))
+    fail(f"unknown config key '{key.group(0) if key else e}'" +
+         (f" (did you mean '{hint.group(1)}'?)" if hint else '') +
+         f'; the accepted keys are those of {config_arg(argv) or "--config"}')
+  if FLAGS.config is not None:
+    try:
+      FLAGS.config.to_dict()  # A config file that failed to load raises here.
+    except OSError as e:
+      lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+      fail(f'cannot load --config={config_arg(argv)}: {lines[-1]}')
+    except AttributeError:
+      fail(f'cannot load --config={config_arg(argv)}: get_config() returned '
+           f'{type(FLAGS.config).__name__}, not an ml_collections.ConfigDict')
+  return rest
