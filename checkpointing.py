@@ -212,8 +212,13 @@ def _steps_of_process_0(directory: str) -> list[int]:
   if jax.process_count() == 1:
     return steps
   count = int(multihost_utils.broadcast_one_to_all(np.int32(len(steps))))
-  return [int(s) for s in multihost_utils.broadcast_one_to_all(
-      np.array(steps if steps else [0] * count, np.int64))][:count]
+  if count == 0:
+    return []
+  # Every process passes an array of process 0's length; another process's
+  # own listing (a lagging shared filesystem) may hold more or fewer steps.
+  local = (np.array(steps, np.int64) if jax.process_index() == 0
+           else np.zeros(count, np.int64))
+  return [int(s) for s in multihost_utils.broadcast_one_to_all(local)]
 
 
 def restore_latest(directory: str, target, wanted: dict
