@@ -284,8 +284,15 @@ def restore_latest(directory: str, target, wanted: dict
   return None
 
 
+def _selection_accuracy(metrics: dict) -> float:
+  """The accuracy the best checkpoint is chosen by: validation if the run
+  has a validation split, else test."""
+  return metrics.get('validation_accuracy', metrics['test_accuracy'])
+
+
 def create_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
-  """Keeps the newest `max_to_keep` checkpoints and the best by test accuracy.
+  """Keeps the newest `max_to_keep` checkpoints and the best by validation
+  accuracy (test accuracy in runs without a validation split).
 
   Only checkpoints saved right after an evaluation carry the metric, so the
   best one holds exactly the state that was evaluated.
@@ -293,7 +300,7 @@ def create_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
   policy = preservation_policy.AnyPreservationPolicy([
       preservation_policy.LatestN(n=max_to_keep),
       preservation_policy.BestN(
-          get_metric_fn=lambda m: m['test_accuracy'], n=1,
+          get_metric_fn=_selection_accuracy, n=1,
           keep_checkpoints_without_metrics=False)])
   return ocp.CheckpointManager(
       directory, item_names=('state', 'meta'),

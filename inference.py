@@ -21,6 +21,7 @@ import numpy as np
 import checkpointing
 from configs import default
 import distributed
+import image_folder
 import input_pipeline
 import plots
 import train
@@ -103,36 +104,46 @@ def restore(workdir: str, config: ml_collections.ConfigDict, step: int,
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        checkpoint: str = 'latest') -> dict:
-  """Evaluates a checkpoint on the test split; writes eval.json/confusion.png.
+                        checkpoint: str = 'latest',
+                        split: str = 'test') -> dict:
+  """Evaluates a checkpoint on a split; writes eval.json and confusion.png.
 
   Args:
     config: the run's config (see load_config); data keys may differ.
     workdir: the training workdir.
     checkpoint: 'latest', 'best' or a step.
+    split: 'test', or 'validation' for runs that have one.
 
   Returns:
     The report also written to workdir/eval.json.
   """
   info = load_dataset_info(workdir)
   step = resolve_step(workdir, checkpoint)
-  dataset = input_pipeline.load_dataset(config.dataset, config.data_dir)
+  dataset = input_pipeline.load_dataset(config.dataset, config.data_dir,
+                                        **train.data_options(config))
+  data = train.eval_splits(dataset).get(split)
+  if data is None:
+    raise InferenceError(f'--split={split!r}: this run has the splits '
+                         f'{", ".join(train.eval_splits(dataset))}')
   mesh = distributed.Mesh()
   state = restore(workdir, config, step, info, mesh)
+  batch_size = min(config.eval_batch_size, -(-len(data) // jax.device_count())
+                   * jax.device_count())
   _, eval_fn = train.jit_steps(mesh, use_ema=config.eval_with_ema)
-  metrics = train.evaluate(eval_fn, state, dataset.test,
-                           config.eval_batch_size, mesh)
+  metrics = train.evaluate(eval_fn, state, data, batch_size, mesh)
   predict = jax.jit(lambda s, x: train.predict_step(
       s, x, use_ema=config.eval_with_ema).argmax(-1))
-  predictions = []
-  for images, _, mask in input_pipeline.eval_batches(
-      dataset.test, config.eval_batch_size, jax.process_index(),
-      jax.process_count()):
+  predictions, labels = [], []
+  for images, batch_labels, _ in input_pipeline.eval_batches(
+      data, batch_size, jax.process_index(), jax.process_count(),
+      threads=input_pipeline.READ_THREADS):
     batch = multihost_utils.process_allgather(
         predict(state, *mesh.put_batch(images)), tiled=True)
     predictions.append(np.asarray(batch))
-  predictions = np.concatenate(predictions)[:len(dataset.test)]
-  labels = dataset.test.labels
+    labels.append(multihost_utils.process_allgather(batch_labels,
+                                                    tiled=True))
+  predictions = np.concatenate(predictions)[:len(data)]
+  labels = np.concatenate(labels)[:len(data)]
   n = info['num_classes']
   confusion = np.zeros((n, n), np.int64)
   np.add.at(confusion, (labels, predictions), 1)
@@ -141,7 +152,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       'accuracy': float(confusion[c, c] / max(1, confusion[c].sum())),
       'examples': int(confusion[c].sum())} for c in range(n)}
   report = {'checkpoint_step': step, 'checkpoint': checkpoint,
-            'split': 'test', 'examples': int(len(labels)), **metrics,
+            'split': split, 'examples': int(len(labels)), **metrics,
             'per_class': per_class, 'class_names': names,
             'confusion_matrix': confusion.tolist()}
   if jax.process_index() == 0:
@@ -154,48 +165,22 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
 def format_report(report: dict) -> str:
   lines = [f'checkpoint {report["checkpoint_step"]} on {report["examples"]} '
-           f'test examples: loss {report["loss"]:.4f}, accuracy '
+           f'{report["split"]} examples: loss {report["loss"]:.4f}, accuracy '
            f'{report["accuracy"]:.4f}', 'per-class accuracy:']
   for name, row in report['per_class'].items():
     lines.append(f'  {name:<14} {row["accuracy"]:.4f}  ({row["examples"]})')
   return '\n'.join(lines)
 
 
-# Largest image predict decodes; PIL's own guard stops at about 179 MP.
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024
-
-
 def load_image(path: str, image_shape: Sequence[int]) -> np.ndarray:
-  """An image file -> float32 (H, W, C) in [0, 1], like training data.
-
-  Any format PIL reads (PNG, JPEG, GIF: first frame, ...). 16-bit images are
-  scaled to 8 bits, transparency is dropped, colour and size converted to the
-  model's input.
+  """An image file -> float32 (H, W, C) in [0, 1], converted as training
+  data from an image folder is (image_folder.decode_image).
 
   Raises:
-    ValueError: the file is empty, not an image, or over MAX_IMAGE_PIXELS.
+    ValueError: the file is empty, not an image, or over
+      image_folder.MAX_IMAGE_PIXELS.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  height, width, channels = image_shape
-  if os.path.getsize(path) == 0:
-    raise ValueError('the file is empty')
-  with Image.open(path) as image:
-    if image.width * image.height > MAX_IMAGE_PIXELS:
-      raise ValueError(f'{image.width}x{image.height} pixels is more than '
-                       f'the {MAX_IMAGE_PIXELS:,} accepted')
-    if image.mode.startswith('I;16') or image.mode in ('I', 'F'):
-      # 16- and 32-bit grey: scale to 8 bits rather than let convert() clip
-      # everything above 255 to white.
-      array = np.asarray(image, np.float64)
-      top = next(t for t in (255.0, 65535.0, float(array.max()))
-                 if array.max() <= t)
-      image = Image.fromarray(np.uint8(np.round(array / top * 255)))
-    image = image.convert('L' if channels == 1 else 'RGB')
-    image = image.resize((width, height), Image.BILINEAR)
-    array = np.asarray(image, np.uint8)
-  if channels == 1:
-    array = array[..., None]
-  return input_pipeline.to_float(array)
+  return input_pipeline.to_float(image_folder.decode_image(path, *image_shape))
 
 
 def predict_files(config: ml_collections.ConfigDict, workdir: str,
@@ -215,7 +200,8 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
       detail = (str(e).splitlines() or [type(e).__name__])[0][:120]
       results[path] = (f'{path}: error: cannot read image ({detail}); '
                        f'accepted: PNG, JPEG, GIF and other formats PIL '
-                       f'reads, up to {MAX_IMAGE_PIXELS:,} pixels')
+                       f'reads, up to '
+                       f'{image_folder.MAX_IMAGE_PIXELS:,} pixels')
   if images:
     mesh = distributed.Mesh()
     state = restore(workdir, config, step, info, mesh)

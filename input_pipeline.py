@@ -13,15 +13,20 @@ any step can be recomputed after a restart; evaluation batches cover every
 example exactly once, the last one padded and masked.
 """
 
+import collections
 import dataclasses
+import functools
 import gzip
 import os
 import socket
 import struct
+import time
 import zlib
-from typing import Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
+
+import image_folder
 
 # File names of the MNIST distribution, per split. `.gz` variants are accepted.
 IDX_FILES = {
@@ -52,23 +57,84 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split of a dataset, held in memory."""
+  """One split of a dataset, held in memory: the fastest route.
+
+  Every split type (this one, image_folder.FolderSplit, TfdsSplit, Subset)
+  offers the same interface: len(), get(indices) -> (uint8 images, int32
+  labels), image_shape and checksum(crc).
+  """
   # uint8, (N, H, W, C): a quarter of float32's memory and transfer; the
   # jitted steps scale to [0, 1] (augmentation.to_float).
   images: np.ndarray
   labels: np.ndarray  # int32, (N,).
+  # The split this one was decoded from, if any: it names the data.
+  origin: Any = None
 
   def __len__(self):
     return len(self.labels)
 
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return tuple(self.images.shape[1:])
+
+  def get(self, indices) -> tuple[np.ndarray, np.ndarray]:
+    return self.images[indices], self.labels[indices]
+
+  def checksum(self, crc: int = 0) -> int:
+    if self.origin is not None:
+      return self.origin.checksum(crc)
+    return zlib.crc32(self.labels.tobytes(), crc)
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+  """The examples `indices` of another split (e.g. a carved hold-out)."""
+  base: Any
+  indices: np.ndarray
+
+  def __len__(self):
+    return len(self.indices)
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return tuple(self.base.image_shape)
+
+  def get(self, indices) -> tuple[np.ndarray, np.ndarray]:
+    return self.base.get(self.indices[indices])
+
+  def checksum(self, crc: int = 0) -> int:
+    return zlib.crc32(self.indices.astype(np.int64).tobytes(),
+                      self.base.checksum(crc))
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsSplit:
+  """A prepared tfds split read by random access (ArrayRecord files)."""
+  source: Any  # tfds ArrayRecordDataSource: len() and __getitems__.
+  image_shape: tuple[int, ...]
+  identity: str  # name, version and split: checksummed instead of labels.
+
+  def __len__(self):
+    return len(self.source)
+
+  def get(self, indices) -> tuple[np.ndarray, np.ndarray]:
+    examples = self.source.__getitems__([int(i) for i in indices])
+    images = np.stack([e['image'] for e in examples]).astype(np.uint8)
+    return images, np.asarray([e['label'] for e in examples], np.int32)
+
+  def checksum(self, crc: int = 0) -> int:
+    return zlib.crc32(self.identity.encode(), crc)
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  train: Split
-  test: Split
+  train: Any  # Any split type above.
+  test: Any
   num_classes: int
   class_names: Sequence[str]
   source: str  # Human-readable description of where the data came from.
+  # Held out from training to choose the best checkpoint; None if none.
+  validation: Any = None
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -178,7 +244,8 @@ def prepare_dataset(name: str, data_dir: str = ''):
   Nothing to do for an IDX folder. In a multi-process run only process 0
   calls this (see train.load_dataset); the others then just read.
   """
-  if data_dir and os.path.isdir(data_dir) and is_idx_dir(data_dir):
+  if data_dir and os.path.isdir(data_dir) and (
+      is_idx_dir(data_dir) or image_folder.is_image_folder(data_dir)):
     return
   builder = _tfds_builder(name, data_dir or None)
   if not builder.is_prepared():
@@ -197,8 +264,27 @@ def prepare_dataset(name: str, data_dir: str = ''):
     builder.download_and_prepare()
 
 
-def load_tfds(name: str, data_dir: Optional[str]) -> Dataset:
-  """Loads the train and test splits of a tfds dataset whole into memory."""
+# `loading='auto'` holds a dataset in memory up to this many bytes of uint8
+# images (per process), and reads it by random access beyond.
+MEMORY_BUDGET_BYTES = 4 << 30
+LOADINGS = ('auto', 'memory', 'stream')
+# Read-ahead threads for splits that are not in memory.
+READ_THREADS = image_folder.NUM_THREADS
+
+
+def _fits_memory(num_images: int, image_shape) -> bool:
+  return num_images * int(np.prod(image_shape)) <= MEMORY_BUDGET_BYTES
+
+
+def load_tfds(name: str, data_dir: Optional[str],
+              loading: str = 'auto') -> Dataset:
+  """Loads the train and test (and validation, if any) splits of a tfds set.
+
+  In memory when `loading` is 'memory', or 'auto' and the images fit
+  MEMORY_BUDGET_BYTES; otherwise read by random access from the prepared
+  ArrayRecord files (tfds `data_source`), decoding only the examples asked
+  for.
+  """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   prepare_dataset(name, data_dir or '')
   builder = _tfds_builder(name, data_dir)
@@ -207,12 +293,35 @@ def load_tfds(name: str, data_dir: Optional[str]) -> Dataset:
     if key not in features:
       raise DataError(f'dataset {name!r} has no {key!r} feature; need an '
                       f'image-classification set with image and label')
-  splits = {}
+  known = builder.info.splits  # Empty only under tfds.testing.mock_data.
   for split in ('train', 'test'):
-    # Splits are unknown (empty) only under tfds.testing.mock_data.
-    if builder.info.splits and split not in builder.info.splits:
+    if known and split not in known:
       raise DataError(f'dataset {name!r} has no {split!r} split; has '
-                      f'{sorted(builder.info.splits)}')
+                      f'{sorted(known)}')
+  names = [s for s in ('train', 'test', 'validation') if s in known
+           or (not known and s != 'validation')]
+  shape = tuple(features['image'].shape)
+  stream = loading == 'stream' or (
+      loading == 'auto' and known and None not in shape and not _fits_memory(
+          sum(known[s].num_examples for s in names), shape))
+  if stream:
+    if None in shape:
+      raise DataError(f'dataset {name!r} has images of varying size '
+                      f'{shape}; streaming needs one fixed size')
+    splits = {}
+    for split in names:
+      try:
+        source = builder.as_data_source(split)
+      except Exception as e:  # pylint: disable=broad-except
+        raise DataError(
+            f'dataset {name!r} in {builder.data_dir} cannot be read by '
+            f'random access ({_first_line(e)}); prepare it as ArrayRecord: '
+            f'tfds build {name} --file_format=array_record') from e
+      splits[split] = TfdsSplit(source, shape,
+                                f'{name}:{builder.info.version}:{split}')
+    return _tfds_dataset(builder, name, splits, 'streamed')
+  splits = {}
+  for split in names:
     # Large batches rather than batch_size=-1, which needs split sizes from
     # metadata that mock_data does not provide.
     chunks = list(tfds.as_numpy(builder.as_dataset(split=split).batch(8192)))
@@ -221,58 +330,152 @@ def load_tfds(name: str, data_dir: Optional[str]) -> Dataset:
     splits[split] = Split(
         images=np.concatenate([c['image'] for c in chunks]).astype(np.uint8),
         labels=np.concatenate([c['label'] for c in chunks]).astype(np.int32))
-  label = features['label']
+  return _tfds_dataset(builder, name, splits, 'in memory')
+
+
+def _first_line(e: BaseException) -> str:
+  return (str(e).splitlines() or [type(e).__name__])[0][:160]
+
+
+def _tfds_dataset(builder, name, splits, how) -> Dataset:
+  label = builder.info.features['label']
   return Dataset(train=splits['train'], test=splits['test'],
+                 validation=splits.get('validation'),
                  num_classes=label.num_classes, class_names=list(label.names),
-                 source=f'tfds:{name} ({builder.data_dir})')
+                 source=f'tfds:{name} ({builder.data_dir}, {how})')
 
 
-def load_dataset(name: str, data_dir: str = '') -> Dataset:
-  """Loads a dataset by the rules of the `dataset`/`data_dir` config keys.
+def load_image_folder(data_dir: str, image_size: int, channels: int,
+                      skip_bad_images: bool, loading: str) -> Dataset:
+  """An image folder (see image_folder.py), in memory if it fits."""
+  try:
+    folders, class_names = image_folder.scan(data_dir, image_size, channels,
+                                             skip_bad_images)
+  except image_folder.BadImagesError as e:
+    raise DataError(str(e)) from e
+  total = sum(len(s) for s in folders.values())
+  shape = folders['train'].image_shape
+  if loading == 'memory' or (loading == 'auto' and _fits_memory(total, shape)):
+    start = time.time()
+    try:
+      splits = {k: Split(image_folder.decode_all(s), s.labels, origin=s)
+                for k, s in folders.items()}
+    except image_folder.BadImagesError as e:
+      raise DataError(str(e)) from e
+    how = f'decoded into memory in {time.time() - start:.1f} s'
+  else:
+    splits, how = folders, 'decoded per batch'
+  return Dataset(train=splits['train'], test=splits['test'],
+                 validation=splits.get('validation'),
+                 num_classes=len(class_names), class_names=class_names,
+                 source=f'folder:{data_dir} ({how})')
+
+
+def load_dataset(name: str, data_dir: str = '', *, image_size: int = 0,
+                 channels: int = 0, skip_bad_images: bool = False,
+                 loading: str = 'auto', validation_fraction: float = 0.0,
+                 seed: int = 0) -> Dataset:
+  """Loads a dataset by the rules of the data keys of the config.
 
   Args:
     name: a tfds name; also picks class names for IDX folders.
     data_dir: '' for tfds's default folder; a folder of MNIST-format IDX
-      files, read directly; any other existing folder is tfds's data_dir.
+      files, read directly; an image folder (train/<class>/<image>, ...);
+      any other existing folder is tfds's data_dir.
+    image_size: image folders: resize to this square size (0: the size of
+      the first training image).
+    channels: image folders: 1 or 3 (0: from the first training image).
+    skip_bad_images: image folders: leave unreadable files out.
+    loading: auto, memory or stream (see load_tfds; IDX: always memory).
+    validation_fraction: hold out this fraction of the training examples as
+      the validation split (chosen by `seed`); 0 for none.
+    seed: picks the held-out examples.
 
   Returns:
-    The train and test splits in memory.
+    The splits; `validation` is None without a validation split.
   """
-  if data_dir:
-    if not os.path.isdir(data_dir):
-      raise DataError(f'data_dir {data_dir!r} does not exist; give a folder '
-                      f'of MNIST-format IDX files or a tfds data_dir')
-    if is_idx_dir(data_dir):
-      train = load_idx_split(data_dir, 'train')
-      test = load_idx_split(data_dir, 'test')
-      if train.images.shape[1:] != test.images.shape[1:]:
-        raise DataError(f'{data_dir}: train images are '
-                        f'{train.images.shape[1:]} but test images are '
-                        f'{test.images.shape[1:]}')
-      num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-      names = CLASS_NAMES.get(name, [str(i) for i in range(num_classes)])
-      if len(names) < num_classes:
-        raise DataError(
-            f'{data_dir}: labels go up to {num_classes - 1}, but dataset '
-            f'{name!r} has {len(names)} classes (labels 0..{len(names) - 1}); '
-            f'fix the label files or set --config.dataset to a name without '
-            f'fixed classes (e.g. custom)')
-      return Dataset(train=train, test=test, num_classes=num_classes,
-                     class_names=names, source=f'idx:{data_dir}')
-  return load_tfds(name, data_dir or None)
+  if data_dir and not os.path.isdir(data_dir):
+    raise DataError(f'data_dir {data_dir!r} does not exist; give a folder of '
+                    f'MNIST-format IDX files, an image folder (train/<class>/'
+                    f'<image>, test/<class>/<image>) or a tfds data_dir')
+  if data_dir and is_idx_dir(data_dir):
+    dataset = load_idx(name, data_dir)
+  elif data_dir and image_folder.is_image_folder(data_dir):
+    dataset = load_image_folder(data_dir, image_size, channels,
+                                skip_bad_images, loading)
+  else:
+    dataset = load_tfds(name, data_dir or None, loading)
+  if validation_fraction:
+    if dataset.validation is not None:
+      raise DataError(f'{dataset.source} has a validation split already; '
+                      f'set validation_fraction to 0 to use it (got '
+                      f'{validation_fraction})')
+    train, validation = carve_validation(dataset.train, validation_fraction,
+                                         seed)
+    dataset = dataclasses.replace(dataset, train=train,
+                                  validation=validation)
+  return dataset
+
+
+def load_idx(name: str, data_dir: str) -> Dataset:
+  """The train and test splits of a folder of MNIST-format IDX files."""
+  train = load_idx_split(data_dir, 'train')
+  test = load_idx_split(data_dir, 'test')
+  if train.images.shape[1:] != test.images.shape[1:]:
+    raise DataError(f'{data_dir}: train images are '
+                    f'{train.images.shape[1:]} but test images are '
+                    f'{test.images.shape[1:]}')
+  num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+  names = CLASS_NAMES.get(name, [str(i) for i in range(num_classes)])
+  if len(names) < num_classes:
+    raise DataError(
+        f'{data_dir}: labels go up to {num_classes - 1}, but dataset '
+        f'{name!r} has {len(names)} classes (labels 0..{len(names) - 1}); '
+        f'fix the label files or set --config.dataset to a name without '
+        f'fixed classes (e.g. custom)')
+  return Dataset(train=train, test=test, num_classes=num_classes,
+                 class_names=names, source=f'idx:{data_dir}')
+
+
+def carve_validation(split, fraction: float, seed: int):
+  """(train, validation): a held-out `fraction` of `split`, picked by `seed`.
+
+  Disjoint, together all of `split`, each in the original order; the same
+  for the same (seed, size). An in-memory split stays in memory (copied).
+  """
+  n = len(split)
+  count = int(round(fraction * n))
+  if not 0 < count < n:
+    raise DataError(f'validation_fraction {fraction} of {n} training '
+                    f'examples leaves {count} for validation; accepted: a '
+                    f'fraction that holds out at least 1 and keeps at least '
+                    f'1 for training')
+  # Another stream than the epoch orders (epoch_permutation), so the
+  # hold-out does not line up with any epoch's batches.
+  order = np.random.Generator(np.random.PCG64([seed, 2**31 - 1])).permutation(n)
+  held = np.sort(order[:count])
+  kept = np.sort(order[count:])
+  if isinstance(split, Split):
+    return tuple(Split(split.images[i], split.labels[i], origin=None if (
+        split.origin is None) else Subset(split.origin, i)) for i in (kept,
+                                                                        held))
+  return Subset(split, kept), Subset(split, held)
 
 
 def fingerprint(dataset: Dataset) -> dict:
   """A short identity of the data: sizes, image shape, class names and a
-  checksum of the labels. Equal fingerprints mean the same examples in the
-  same order, for all a resumed run can tell (checking every pixel would
-  cost a pass over the data at each start)."""
-  crc = zlib.crc32(dataset.test.labels.tobytes(),
-                   zlib.crc32(dataset.train.labels.tobytes()))
-  return {'train_examples': len(dataset.train),
-          'test_examples': len(dataset.test),
-          'image_shape': list(dataset.train.images.shape[1:]),
-          'class_names': list(dataset.class_names), 'labels_crc32': crc}
+  checksum of the labels (and, for files, their names). Equal fingerprints
+  mean the same examples in the same order, for all a resumed run can tell
+  (checking every pixel would cost a pass over the data at each start)."""
+  crc = dataset.test.checksum(dataset.train.checksum())
+  result = {'train_examples': len(dataset.train),
+            'test_examples': len(dataset.test),
+            'image_shape': list(dataset.train.image_shape),
+            'class_names': list(dataset.class_names), 'labels_crc32': crc}
+  if dataset.validation is not None:
+    result['validation_examples'] = len(dataset.validation)
+    result['labels_crc32'] = dataset.validation.checksum(crc)
+  return result
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -295,21 +498,47 @@ def train_batch_indices(num_examples: int, batch_size: int, seed: int,
   return perm[index * batch_size:(index + 1) * batch_size]
 
 
-def train_batches(split: Split, batch_size: int, seed: int, start_step: int,
+def in_memory(split) -> bool:
+  return isinstance(split, Split)
+
+
+def _read_batches(split, batch_indices: Callable[[int], np.ndarray],
+                  count: int, threads: int) -> Iterator[tuple]:
+  """split.get(batch_indices(i)) for i in range(count), in order.
+
+  In-memory splits are gathered here, on the caller's thread (a copy of a few
+  hundred KB). Other splits decode files: Grain reads their batches ahead on
+  `threads` threads, in order, so decoding overlaps training and the batch of
+  each step stays a pure function of its index.
+  """
+  if in_memory(split) or threads <= 0:
+    for i in range(count):
+      yield split.get(batch_indices(i))
+    return
+  import grain  # pylint: disable=g-import-not-at-top  # 1 s to import.
+  dataset = grain.MapDataset.range(count).map(
+      lambda i: split.get(batch_indices(i)))
+  yield from dataset.to_iter_dataset(grain.ReadOptions(
+      num_threads=threads, prefetch_buffer_size=2 * threads))
+
+
+def train_batches(split, batch_size: int, seed: int, start_step: int,
                   num_steps: int, process_index: int = 0,
-                  process_count: int = 1
+                  process_count: int = 1, threads: int = 0
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Yields (images, labels) training batches for steps [start, start+num).
 
   Args:
-    split: the training split.
+    split: the training split (any split type).
     batch_size: examples per global batch (over all processes).
     seed: data-order seed.
     start_step: the first step to produce, e.g. a restored step.
     num_steps: how many batches to produce.
     process_index: this process; it gets its contiguous slice of each global
-      batch, so the global batch is the same whatever the process count.
+      batch, so the global batch is the same whatever the process count, and
+      reads only the examples of that slice.
     process_count: number of processes; must divide batch_size.
+    threads: read-ahead threads for splits not in memory (0: none).
   """
   n = len(split)
   per_epoch = steps_per_epoch(n, batch_size)
@@ -318,36 +547,61 @@ def train_batches(split: Split, batch_size: int, seed: int, start_step: int,
                      f'set ({n} examples)')
   local = batch_size // process_count
   lo = process_index * local
-  epoch, perm = None, None
-  for step in range(start_step, start_step + num_steps):
-    e, i = divmod(step, per_epoch)
-    if e != epoch:
-      epoch, perm = e, epoch_permutation(n, seed, e)
-    idx = perm[i * batch_size + lo:i * batch_size + lo + local]
-    yield split.images[idx], split.labels[idx]
+  permutation = functools.lru_cache(maxsize=2)(
+      lambda epoch: epoch_permutation(n, seed, epoch))
+
+  def batch_indices(i):
+    epoch, index = divmod(start_step + i, per_epoch)
+    start = index * batch_size + lo
+    return permutation(epoch)[start:start + local]
+
+  return _read_batches(split, batch_indices, num_steps, threads)
 
 
-def eval_batches(split: Split, batch_size: int, process_index: int = 0,
-                 process_count: int = 1
+def eval_batches(split, batch_size: int, process_index: int = 0,
+                 process_count: int = 1, threads: int = 0
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Yields (images, labels, mask) covering every example exactly once.
 
   The last batch is padded to `batch_size` with zeros and masked out, so that
   every batch has the same shape (one compilation) and nothing is dropped.
-  With several processes each gets its contiguous slice of every global batch.
+  With several processes each gets (and reads) its contiguous slice of every
+  global batch.
   """
   n = len(split)
   local = batch_size // process_count
   lo = process_index * local
-  for start in range(0, n, batch_size):
-    images = split.images[start:start + batch_size]
-    labels = split.labels[start:start + batch_size]
-    valid = len(labels)
-    mask = np.ones(batch_size, bool)
-    if valid < batch_size:
-      pad = batch_size - valid
+
+  def batch_indices(i):
+    start = i * batch_size + lo
+    return np.arange(start, min(start + local, n))
+
+  for indices, (images, labels) in zip(
+      (batch_indices(i) for i in range(-(-n // batch_size))),
+      _read_batches(split, batch_indices, -(-n // batch_size), threads)):
+    mask = np.ones(local, bool)
+    valid = len(indices)
+    if valid < local:
+      pad = local - valid
       images = np.concatenate(
-          [images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-      labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+          [images, np.zeros((pad,) + images.shape[1:], np.uint8)])
+      labels = np.concatenate([labels, np.zeros(pad, np.int32)])
       mask[valid:] = False
-    yield images[lo:lo + local], labels[lo:lo + local], mask[lo:lo + local]
+    yield images, labels, mask
+
+
+def prefetch(batches: Iterator[tuple], put: Callable[..., tuple],
+             size: int = 2) -> Iterator[tuple]:
+  """put(*batch) for each batch, `size` batches ahead of the consumer.
+
+  `put` starts an asynchronous transfer to the devices, so the next batches
+  travel while the current step runs. (flax.jax_utils.prefetch_to_device
+  does this for pmap layouts; ours go through a Mesh's shardings.)
+  """
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(put(*batch))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

@@ -2,6 +2,7 @@
 
   python main.py --workdir=W --config=configs/default.py [--config.KEY=VALUE]
   python main.py --mode=eval --workdir=W [--checkpoint=latest|best|STEP]
+      [--split=test|validation]
   python main.py --mode=predict --workdir=W IMAGE [IMAGE ...]
 """
 
@@ -34,8 +35,10 @@ flags.DEFINE_integer('heartbeat_timeout_seconds', 60, 'In a multi-process '
                      'run, a process silent this long is declared dead and '
                      'the others exit with an error.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
-                  'train (and resume); eval: score a checkpoint on the test '
-                  'split; predict: classify image files.')
+                  'train (and resume); eval: score a checkpoint on --split; '
+                  'predict: classify image files.')
+flags.DEFINE_enum('split', 'test', ['test', 'validation'], 'For eval: the '
+                  'split to score (validation: runs that have one).')
 flags.DEFINE_string('checkpoint', 'latest', 'For eval/predict: latest, best '
                     'or a step number.')
 flags.mark_flags_as_required(['workdir'])
@@ -112,7 +115,7 @@ def main(argv):
     config = FLAGS.config or inference.load_config(FLAGS.workdir)
     if FLAGS.mode == 'eval':
       report = inference.evaluate_checkpoint(config, FLAGS.workdir,
-                                             FLAGS.checkpoint)
+                                             FLAGS.checkpoint, FLAGS.split)
       print(inference.format_report(report))
       return
     if len(argv) < 2:

@@ -15,16 +15,17 @@ def metric_names(history: Sequence[dict]) -> list[str]:
 
 
 def plot_history(history: Sequence[dict], path: str):
-  """Every metric per epoch, train and test, one panel each."""
+  """Every metric per epoch, train, validation and test, one panel each."""
   names = metric_names(history)
   epochs = [h['epoch'] for h in history]
   fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4),
                            squeeze=False)
   for ax, name in zip(axes[0], names):
     ax.plot(epochs, [h[f'train_{name}'] for h in history], 'o-', label='train')
-    if f'test_{name}' in history[0]:
-      ax.plot(epochs, [h[f'test_{name}'] for h in history], 's-',
-              label='test')
+    for split, marker in (('validation', '^-'), ('test', 's-')):
+      if f'{split}_{name}' in history[0]:
+        ax.plot(epochs, [h[f'{split}_{name}'] for h in history], marker,
+                label=split)
     ax.set_xlabel('epoch')
     ax.set_ylabel(name)
     ax.set_title(name)
@@ -60,14 +61,19 @@ def plot_predictions(images: np.ndarray, labels: np.ndarray,
 
 
 def plot_sweep(histories: dict, path: str):
-  """Test accuracy per epoch of every finished trial in one chart."""
+  """Accuracy per epoch of every finished trial in one chart: validation
+  accuracy if the trials hold out a validation split, else test."""
+  split = 'validation' if any(
+      'validation_accuracy' in h[0] for h in histories.values() if h) else (
+          'test')
   fig, ax = plt.subplots(figsize=(9, 5))
   for name, history in histories.items():
     ax.plot([h['epoch'] for h in history],
-            [h['test_accuracy'] for h in history], 'o-', label=name)
+            [h.get(f'{split}_accuracy', np.nan) for h in history], 'o-',
+            label=name)
   ax.set_xlabel('epoch')
-  ax.set_ylabel('test accuracy')
-  ax.set_title('Sweep: test accuracy per epoch')
+  ax.set_ylabel(f'{split} accuracy')
+  ax.set_title(f'Sweep: {split} accuracy per epoch')
   ax.grid(alpha=0.3)
   if histories:
     ax.legend(fontsize=8, loc='lower right')

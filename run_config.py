@@ -41,6 +41,11 @@ RESUME_CHANGES = {
                        '(another summation order)',
     'data_dir': 'the same examples (checked) are read from another place',
     'dataset': 'the same examples and class names (checked)',
+    'data_loading': 'the same examples (checked) are read another way',
+    'prefetch_batches': 'none: the same batches, sent ahead or not',
+    'data_on_device': 'none: the same batches, gathered on the device or '
+                      'the host',
+    'skip_bad_images': 'the same examples (checked): no file was left out',
 }
 
 _POSITIVE = ('learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',
@@ -50,7 +55,8 @@ _NON_NEGATIVE = ('momentum', 'weight_decay', 'warmup_epochs',
                  'grad_clip_norm')
 
 
-def validate_config(config: ml_collections.ConfigDict, device_count: int):
+def validate_config(config: ml_collections.ConfigDict, device_count: int,
+                    process_count: int = 1):
   """Checks values a run cannot fix later; raises ConfigError."""
   for key, value in config.items():
     if isinstance(value, float) and not math.isfinite(value):
@@ -61,9 +67,18 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int):
   for key in _NON_NEGATIVE:
     if not config[key] >= 0:
       raise ConfigError(f'{key} must be >= 0, got {config[key]!r}')
-  for key in ('label_smoothing', 'ema_decay'):
+  for key in ('label_smoothing', 'ema_decay', 'validation_fraction'):
     if not 0 <= config[key] < 1:
       raise ConfigError(f'{key} must be in [0, 1), got {config[key]!r}')
+  if config.image_size < 0 or config.prefetch_batches < 0:
+    key = 'image_size' if config.image_size < 0 else 'prefetch_batches'
+    raise ConfigError(f'{key} must be >= 0, got {config[key]}')
+  if config.channels not in (0, 1, 3):
+    raise ConfigError(f'channels must be 0 (from the first image), 1 '
+                      f'(grayscale) or 3 (RGB), got {config.channels!r}')
+  if config.data_on_device and process_count > 1:
+    raise ConfigError(f'data_on_device works in one process; this run has '
+                      f'{process_count} (each would hold the whole set)')
   if config.eval_with_ema and not config.ema_decay:
     raise ConfigError('eval_with_ema needs ema_decay > 0 (0 keeps no EMA)')
   if config.num_train_steps == 0 or config.num_train_steps < -1:
@@ -72,7 +87,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int):
   for key, table in (('augment', augmentation.AUGMENTATIONS),
                      ('optimizer', optimizers.OPTIMIZERS),
                      ('lr_schedule', optimizers.LR_SCHEDULES),
-                     ('model', models.MODELS)):
+                     ('model', models.MODELS),
+                     ('data_loading', input_pipeline.LOADINGS)):
     if config[key] not in table:
       raise ConfigError(f'unknown {key} {config[key]!r}; accepted: '
                         f'{", ".join(table)}')
@@ -134,7 +150,7 @@ def resume_signature(state, config, dataset, total_updates: int,
       'total_steps': total_updates, 'warmup_steps': warmup_updates}
   return checkpointing.signature(
       state, model=config.model, model_kwargs=config.model_kwargs.to_dict(),
-      image_shape=list(dataset.train.images.shape[1:]),
+      image_shape=list(dataset.train.image_shape),
       num_classes=dataset.num_classes, optimizer=config.optimizer,
       lr_schedule=config.lr_schedule, schedule_steps=schedule_steps,
       batch_size=config.batch_size, grad_accum_steps=config.grad_accum_steps,

@@ -343,12 +343,17 @@ def collect(workdir: str, trial: dict) -> dict:
   row['status'] = trial_status(workdir)
   if row['status'] == 'done':
     summary = json.load(open(os.path.join(workdir, 'summary.json')))
-    best = max(summary['history'], key=lambda h: h['test_accuracy'])
+    # Trials and epochs are ranked on validation accuracy when the runs hold
+    # out a validation split, so the test set picks nothing.
+    split = summary.get('best_chosen_on', 'test')
+    best = max(reversed(summary['history']),
+               key=lambda h: h[f'{split}_accuracy'])
     # Every metric of the run's last epoch, whatever the trainer records.
     row.update({k: v for k, v in summary['history'][-1].items()
                 if k.startswith(METRIC_PREFIXES)})
-    row.update(best_test_accuracy=best['test_accuracy'],
-               best_epoch=best['epoch'],
+    row.update({f'best_{k}': best[k] for k in ('validation_accuracy',
+                                                'test_accuracy') if k in best})
+    row.update(best_chosen_on=split, best_epoch=best['epoch'],
                wall_seconds=summary['wall_seconds'])
     row['history'] = summary['history']
   elif row['status'] == 'failed':
@@ -396,11 +401,13 @@ def run_sweep(workdir, config_file, fixed, trials, *, parallel=1,
 
 def _sort_key(row):
   order = {'done': 0, 'interrupted': 1, 'pending': 2, 'failed': 3}
-  return (order[row['status']], -row.get('best_test_accuracy', 0.0))
+  return (order[row['status']], -row.get('best_validation_accuracy', 0.0),
+          -row.get('best_test_accuracy', 0.0))
 
 
-METRIC_PREFIXES = ('train_', 'test_')
-TAIL_COLUMNS = ['best_test_accuracy', 'best_epoch', 'wall_seconds', 'error']
+METRIC_PREFIXES = ('train_', 'validation_', 'test_')
+TAIL_COLUMNS = ['best_chosen_on', 'best_validation_accuracy',
+                'best_test_accuracy', 'best_epoch', 'wall_seconds', 'error']
 
 
 def write_reports(workdir: str, rows: list[dict]) -> str:
@@ -414,7 +421,10 @@ def write_reports(workdir: str, rows: list[dict]) -> str:
       group = metrics if key.startswith(METRIC_PREFIXES) else swept
       if key not in group:
         group.append(key)
-  header = ['trial'] + swept + ['status'] + metrics + TAIL_COLUMNS
+  validated = any('best_validation_accuracy' in r for r in rows)
+  tail = [c for c in TAIL_COLUMNS if validated or c not in (
+      'best_chosen_on', 'best_validation_accuracy')]
+  header = ['trial'] + swept + ['status'] + metrics + tail
   with open(os.path.join(workdir, 'sweep.csv'), 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=header, extrasaction='ignore')
     writer.writeheader()

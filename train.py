@@ -10,7 +10,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from absl import logging
 from clu import metric_writers
@@ -253,15 +253,71 @@ def evaluate(eval_fn, state, split, batch_size,
   """Every metric over every example of `split`, exactly once."""
   total = None
   wait = distributed.one_step_in_flight()
-  for images, labels, mask in input_pipeline.eval_batches(
-      split, batch_size, jax.process_index(), jax.process_count()):
-    batch_metrics = eval_fn(state, *mesh.put_batch(images, labels, mask))
+  batches = input_pipeline.eval_batches(
+      split, batch_size, jax.process_index(), jax.process_count(),
+      threads=input_pipeline.READ_THREADS)
+  for device_batch in input_pipeline.prefetch(batches, mesh.put_batch):
+    batch_metrics = eval_fn(state, *device_batch)
     if wait:
       jax.block_until_ready(batch_metrics)
     total = batch_metrics if total is None else total.merge(batch_metrics)
     if faults.enabled():  # Test hook; reading the step syncs.
       faults.trigger('eval', int(state.step))
   return _to_float_dict(total)
+
+
+def eval_splits(dataset: input_pipeline.Dataset) -> dict:
+  """The splits evaluated each epoch, by name: validation (if any), test."""
+  splits = {'test': dataset.test}
+  if dataset.validation is not None:
+    splits = {'validation': dataset.validation, **splits}
+  return splits
+
+
+def selection_split(dataset: input_pipeline.Dataset) -> str:
+  """The split the best checkpoint is chosen on: never test if there is a
+  validation split."""
+  return 'test' if dataset.validation is None else 'validation'
+
+
+def train_inputs(config: ml_collections.ConfigDict, split, start_step: int,
+                 num_steps: int, mesh: distributed.Mesh) -> Iterator[tuple]:
+  """(images, labels) on the devices for steps [start, start + num).
+
+  From the host with `prefetch_batches` transfers ahead, or, with
+  `data_on_device`, gathered on the device from a copy of the training set
+  there (the same indices, so the same batches).
+  """
+  if config.data_on_device:
+    return _gather_on_device(split, config.batch_size, config.seed,
+                             start_step, num_steps, mesh)
+  batches = input_pipeline.train_batches(
+      split, config.batch_size, config.seed, start_step, num_steps,
+      jax.process_index(), jax.process_count(),
+      threads=input_pipeline.READ_THREADS)
+  if not config.prefetch_batches:
+    return (mesh.put_batch(*batch) for batch in batches)
+  return input_pipeline.prefetch(batches, mesh.put_batch,
+                                 config.prefetch_batches)
+
+
+def _gather_on_device(split, batch_size: int, seed: int, start_step: int,
+                      num_steps: int, mesh: distributed.Mesh):
+  if not input_pipeline.in_memory(split):
+    raise input_pipeline.DataError(
+        'data_on_device needs the training set in memory; set '
+        '--config.data_loading=memory or data_on_device=false')
+  images = jax.device_put(split.images, mesh.replicated)
+  labels = jax.device_put(split.labels, mesh.replicated)
+  logging.info('Training set on the devices: %.1f MB of uint8 images',
+               split.images.nbytes / 1e6)
+  gather = jax.jit(lambda x, y, i: (x[i], y[i]),
+                   out_shardings=(mesh.batch, mesh.batch))
+  # Indices only: the host's work per step is a slice of a permutation.
+  for indices, _ in input_pipeline.train_batches(
+      input_pipeline.Split(np.arange(len(split)), np.zeros(len(split))),
+      batch_size, seed, start_step, num_steps):
+    yield gather(images, labels, jax.device_put(indices, mesh.batch))
 
 
 def _to_float_dict(collection: metrics.Collection) -> dict:
@@ -306,12 +362,21 @@ def lock_workdir(workdir: str):
   return contextlib.nullcontext()
 
 
-def load_dataset(name: str, data_dir: str) -> input_pipeline.Dataset:
+def data_options(config: ml_collections.ConfigDict) -> dict:
+  """The keyword arguments of input_pipeline.load_dataset in the config."""
+  return dict(image_size=config.image_size, channels=config.channels,
+              skip_bad_images=config.skip_bad_images,
+              loading=config.data_loading,
+              validation_fraction=config.validation_fraction, seed=config.seed)
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> input_pipeline.Dataset:
   """Loads the data on every process; a tfds download runs on process 0 only.
 
   The other processes wait for it, then read the prepared copy; if process 0
   fails, all of them stop with its reason.
   """
+  name, data_dir = config.dataset, config.data_dir
   if jax.process_count() > 1:
     error = None
     if jax.process_index() == 0:
@@ -325,7 +390,7 @@ def load_dataset(name: str, data_dir: str) -> input_pipeline.Dataset:
     if not prepared:
       raise input_pipeline.DataError(
           f'process 0 could not prepare dataset {name!r}; see its log')
-  return input_pipeline.load_dataset(name, data_dir)
+  return input_pipeline.load_dataset(name, data_dir, **data_options(config))
 
 
 def restore_or_initialize(model, tx, image_shape, seed: int, ema: bool,
@@ -407,18 +472,19 @@ def log_train_window(writer, state: TrainState, step: int,
 
 
 def end_epoch(writer, state: TrainState, step: int, steps_per_epoch: int,
-              test: dict, history: list, mesh: distributed.Mesh
+              evaluations: dict, history: list, mesh: distributed.Mesh
               ) -> TrainState:
-  """Records the epoch's train and test metrics; starts a new epoch
-  accumulator at epoch boundaries."""
+  """Records the epoch's train metrics and `evaluations` ({split: metrics},
+  e.g. validation and test); starts a new epoch accumulator at epoch
+  boundaries."""
   train = _to_float_dict(state.epoch_metrics)
+  evaluated = {f'{split}_{k}': v for split, metrics in evaluations.items()
+               for k, v in metrics.items()}
   record = {'epoch': step / steps_per_epoch, 'step': step,
-            **{f'train_{k}': v for k, v in train.items()},
-            **{f'test_{k}': v for k, v in test.items()}}
+            **{f'train_{k}': v for k, v in train.items()}, **evaluated}
   history.append(record)
   writer.write_scalars(step, {
-      **{f'epoch_train_{k}': v for k, v in train.items()},
-      **{f'test_{k}': v for k, v in test.items()}})
+      **{f'epoch_train_{k}': v for k, v in train.items()}, **evaluated})
   logging.info('epoch %.2f step %d: %s', record['epoch'], step, ', '.join(
       f'{k} {v:.4f}' for k, v in record.items() if k not in ('epoch',
                                                              'step')))
@@ -431,12 +497,15 @@ def end_epoch(writer, state: TrainState, step: int, steps_per_epoch: int,
 
 
 def save(manager, step: int, state: TrainState, meta: dict, writer,
-         checkpoint_dir: str, score: Optional[float] = None):
-  """Starts writing checkpoint `step`, never of a diverged state."""
+         checkpoint_dir: str, scores: Optional[dict] = None):
+  """Starts writing checkpoint `step`, never of a diverged state.
+
+  `scores` ({'test_accuracy': ..., 'validation_accuracy': ...}) go with a
+  checkpoint of an evaluated state; checkpointing keeps the best one.
+  """
   check_finite(state, checkpoint_dir)
   writer.flush()  # Points up to `step` are on disk before its checkpoint.
-  checkpointing.save(manager, step, state, meta,
-                     None if score is None else {'test_accuracy': score})
+  checkpointing.save(manager, step, state, meta, scores)
   faults.trigger('checkpoint', step)
 
 
@@ -473,17 +542,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     DivergenceError: the loss became NaN/inf; no such checkpoint was saved.
     Preempted: a signal stopped the run after saving a checkpoint.
   """
-  run_config.validate_config(config, jax.device_count())
-  dataset = load_dataset(config.dataset, config.data_dir)
+  run_config.validate_config(config, jax.device_count(),
+                             jax.process_count())
+  dataset = load_dataset(config)
   steps_per_epoch, total_steps, warmup_steps = compute_steps(
       len(dataset.train), config.batch_size, config.num_epochs,
       config.num_train_steps, config.warmup_epochs)
   eval_batch_size = run_config.fit_eval_batch_size(
-      config.eval_batch_size, len(dataset.test), jax.device_count())
+      config.eval_batch_size, max(map(len, eval_splits(dataset).values())),
+      jax.device_count())
   run_config.check_workdir(workdir)
-  logging.info('Data: %s; %d train, %d test examples, images %s, %d classes',
-               dataset.source, len(dataset.train), len(dataset.test),
-               dataset.train.images.shape[1:], dataset.num_classes)
+  logging.info('Data: %s; %d train, %s%d test examples, images %s, %d '
+               'classes', dataset.source, len(dataset.train),
+               '' if dataset.validation is None else
+               f'{len(dataset.validation)} validation, ', len(dataset.test),
+               dataset.train.image_shape, dataset.num_classes)
   with lock_workdir(workdir):
     return _train(config, workdir, dataset, steps_per_epoch, total_steps,
                   warmup_steps, eval_batch_size)
@@ -496,7 +569,7 @@ def _train(config, workdir, dataset, steps_per_epoch, total_steps,
   model = create_model(config, dataset.num_classes)
   tx, lr_fn = create_optimizer_and_schedule(config, total_steps,
                                             warmup_steps)
-  image_shape = list(dataset.train.images.shape[1:])
+  image_shape = list(dataset.train.image_shape)
   mesh = distributed.Mesh()
   checkpoint_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
   state, meta, signature = restore_or_initialize(
@@ -553,17 +626,15 @@ def _train(config, workdir, dataset, steps_per_epoch, total_steps,
   logging.info('Training steps %d..%d (%d per epoch, batch %d on %d devices)',
                start_step, total_steps, steps_per_epoch, config.batch_size,
                jax.device_count())
-  batches = input_pipeline.train_batches(
-      dataset.train, config.batch_size, config.seed, start_step,
-      total_steps - start_step, jax.process_index(), jax.process_count())
+  batches = train_inputs(config, dataset.train, start_step,
+                         total_steps - start_step, mesh)
   wait_each_step = distributed.one_step_in_flight()
   window_start, window_steps = time.time(), 0
 
   with preemption.PreemptionHandler() as stop_signal, _finish_saves_on_error(
       manager):
     for step in range(start_step, total_steps):
-      images, labels = next(batches)
-      state = p_train_step(state, *mesh.put_batch(images, labels))
+      state = p_train_step(state, *next(batches))
       if wait_each_step or step == start_step:
         jax.block_until_ready(state)
       if step == start_step:  # Compile time shows up here, once.
@@ -585,16 +656,19 @@ def _train(config, workdir, dataset, steps_per_epoch, total_steps,
             window_steps * config.batch_size / seconds, mesh)
         faults.trigger('log', done)
       if epoch_end:
-        test = evaluate(p_eval_step, state, dataset.test, eval_batch_size,
-                        mesh)
-        state = end_epoch(writer, state, done, steps_per_epoch, test,
+        evaluations = {split: evaluate(p_eval_step, state, data,
+                                       eval_batch_size, mesh)
+                       for split, data in eval_splits(dataset).items()}
+        state = end_epoch(writer, state, done, steps_per_epoch, evaluations,
                           progress.history, mesh)
       stop = stop_signal.requested(every_step=not log_now)
       # Every evaluated state is saved with its score, so the best one can
       # be kept (checkpointing.create_manager) and restored exactly.
       if epoch_end or done % config.checkpoint_every_steps == 0 or stop:
         save(manager, done, state, progress.meta(signature, config), writer,
-             checkpoint_dir, test['accuracy'] if epoch_end else None)
+             checkpoint_dir, {f'{split}_accuracy': metrics['accuracy']
+                              for split, metrics in evaluations.items()}
+             if epoch_end else None)
       if stop and not is_last:
         checkpointing.wait(manager)
         manager.close()
@@ -624,12 +698,18 @@ def _write_results(workdir, config, dataset, progress: Progress, state, mesh,
                    total_steps: int, eval_batch_size: int) -> dict:
   """Writes summary.json, metrics.png and predictions.png; returns summary."""
   final = progress.history[-1]
+  split = selection_split(dataset)
   # Latest among equals, as Orbax's BestN keeps.
-  best = max(reversed(progress.history), key=lambda h: h['test_accuracy'])
+  best = max(reversed(progress.history), key=lambda h: h[f'{split}_accuracy'])
   summary = {
       'final_step': total_steps, 'epoch': final['epoch'],
-      **{k: v for k, v in final.items() if k.startswith(('train_', 'test_'))},
-      'best_step': best['step'], 'best_test_accuracy': best['test_accuracy'],
+      **{k: v for k, v in final.items()
+         if k.startswith(('train_', 'validation_', 'test_'))},
+      # The best checkpoint is chosen on the split `best_chosen_on`; its
+      # test accuracy is best_test_accuracy either way.
+      'best_chosen_on': split, 'best_step': best['step'],
+      **{f'best_{k}': v for k, v in best.items()
+         if k in ('validation_accuracy', 'test_accuracy')},
       'wall_seconds': progress.wall_seconds,
       'train_seconds': progress.train_seconds,
       'train_images_per_second':
@@ -647,8 +727,9 @@ def _write_results(workdir, config, dataset, progress: Progress, state, mesh,
     _write_json(os.path.join(workdir, 'summary.json'), summary)
     plots.plot_history(progress.history, os.path.join(workdir, 'metrics.png'))
     n = min(25, len(logits))
+    images, labels = dataset.test.get(np.arange(n))
     plots.plot_predictions(
-        dataset.test.images[:n], dataset.test.labels[:n],
+        images, labels,
         np.asarray(logits[:n]).argmax(-1), dataset.class_names,
         os.path.join(workdir, 'predictions.png'))
   return summary

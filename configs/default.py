@@ -10,6 +10,23 @@ def get_config():
   # MNIST-format IDX files is read directly, any other folder is tfds's.
   config.dataset = 'mnist'
   config.data_dir = ''
+  # An image folder (data_dir/{train,test[,validation]}/<class>/<image>) is
+  # resized to image_size x image_size (0: the first image's size) and made
+  # grayscale or RGB by channels (1, 3; 0: as the first image). Unreadable
+  # files stop the run before training unless skip_bad_images leaves them out.
+  config.image_size = 0
+  config.channels = 0
+  config.skip_bad_images = False
+  # auto (in memory up to 4 GiB of images, else read by random access from
+  # files), memory or stream.
+  config.data_loading = 'auto'
+  # A hold-out of the training set (a function of seed) on which the best
+  # checkpoint is chosen; 0: none (then on the test set, as the quick start).
+  config.validation_fraction = 0.0
+  # Batches sent to the devices ahead of the step; data_on_device keeps the
+  # training set on the (single-process) devices and gathers batches there.
+  config.prefetch_batches = 2
+  config.data_on_device = False
   # A name from models.MODELS; model_kwargs go to its constructor (each model
   # takes dropout_rate and dtype, float32 or bfloat16; ResNets also stem,
   # widths, ...).

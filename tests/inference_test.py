@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import conftest
+import image_folder
 import inference
 import train
 
@@ -94,7 +95,7 @@ def test_sixteen_bit_images_are_scaled_not_clipped(images):
 
 def test_huge_images_are_refused_by_size(images, monkeypatch):
   good, _ = images
-  monkeypatch.setattr(inference, 'MAX_IMAGE_PIXELS', 1000)
+  monkeypatch.setattr(image_folder, 'MAX_IMAGE_PIXELS', 1000)
   with pytest.raises(ValueError, match='48x64 pixels is more than the 1,000 accepted'):
     inference.load_image(good['big_color.png'], (28, 28, 1))
 

@@ -246,17 +246,21 @@ def test_log_train_window_writes_every_metric_and_starts_a_new_window():
 
 
 @pytest.mark.parametrize('step,resets', [(8, True), (6, False)])
-def test_end_epoch_records_train_and_test_metrics(step, resets):
+def test_end_epoch_records_train_and_evaluated_metrics(step, resets):
   state, writer, history = _trained_state(), RecordingWriter(), []
   test = {'loss': 1.5, 'accuracy': 0.5, 'top5_accuracy': 0.9}
-  state = train.end_epoch(writer, state, step, 4, test, history,
-                          distributed.Mesh())
+  state = train.end_epoch(writer, state, step, 4,
+                          {'validation': {'accuracy': 0.25}, 'test': test},
+                          history, distributed.Mesh())
   assert history[0]['epoch'] == step / 4 and history[0]['step'] == step
   assert history[0]['test_accuracy'] == 0.5
+  assert history[0]['validation_accuracy'] == 0.25
   assert set(history[0]) == {'epoch', 'step', 'train_loss', 'train_accuracy',
-                             'train_top5_accuracy', 'test_loss',
-                             'test_accuracy', 'test_top5_accuracy'}
+                             'train_top5_accuracy', 'validation_accuracy',
+                             'test_loss', 'test_accuracy',
+                             'test_top5_accuracy'}
   assert writer.scalars[0][1]['epoch_train_loss'] == history[0]['train_loss']
+  assert writer.scalars[0][1]['validation_accuracy'] == 0.25
   # Mid-epoch (the run's last step): the epoch accumulator is kept.
   assert (int(state.epoch_metrics.loss.count) == 0) == resets
 
