@@ -118,6 +118,9 @@ class TfdsSplit:
     return len(self.source)
 
   def get(self, indices) -> tuple[np.ndarray, np.ndarray]:
+    if not len(indices):
+      return (np.zeros((0,) + tuple(self.image_shape), np.uint8),
+              np.zeros(0, np.int32))
     examples = self.source.__getitems__([int(i) for i in indices])
     images = np.stack([e['image'] for e in examples]).astype(np.uint8)
     return images, np.asarray([e['label'] for e in examples], np.int32)
@@ -304,22 +307,32 @@ def load_tfds(name: str, data_dir: Optional[str],
   stream = loading == 'stream' or (
       loading == 'auto' and known and None not in shape and not _fits_memory(
           sum(known[s].num_examples for s in names), shape))
-  if stream:
+  random_access = builder.info.file_format == (
+      tfds.core.file_adapters.FileFormat.ARRAY_RECORD)
+  if stream and not random_access:
+    raise DataError(
+        f'dataset {name!r} in {builder.data_dir} is stored as '
+        f'{builder.info.file_format}, which cannot be read by random access; '
+        f'prepare it as ArrayRecord (tfds build {name} '
+        f'--file_format=array_record) or set --config.data_loading=memory')
+  if random_access:
     if None in shape:
       raise DataError(f'dataset {name!r} has images of varying size '
-                      f'{shape}; streaming needs one fixed size')
-    splits = {}
-    for split in names:
-      try:
-        source = builder.as_data_source(split)
-      except Exception as e:  # pylint: disable=broad-except
-        raise DataError(
-            f'dataset {name!r} in {builder.data_dir} cannot be read by '
-            f'random access ({_first_line(e)}); prepare it as ArrayRecord: '
-            f'tfds build {name} --file_format=array_record') from e
-      splits[split] = TfdsSplit(source, shape,
-                                f'{name}:{builder.info.version}:{split}')
-    return _tfds_dataset(builder, name, splits, 'streamed')
+                      f'{shape}; reading it needs one fixed size')
+    splits = {split: TfdsSplit(builder.as_data_source(split), shape,
+                               f'{name}:{builder.info.version}:{split}')
+              for split in names}
+    if stream:
+      return _tfds_dataset(builder, name, splits, 'streamed')
+    # ArrayRecord files are read through the same random access (tf.data
+    # cannot read them), here whole.
+    for split, source in splits.items():
+      images, labels = zip(*(source.get(np.arange(i, min(i + 8192,
+                                                         len(source))))
+                             for i in range(0, len(source), 8192)))
+      splits[split] = Split(np.concatenate(images), np.concatenate(labels),
+                            origin=source)
+    return _tfds_dataset(builder, name, splits, 'in memory')
   splits = {}
   for split in names:
     # Large batches rather than batch_size=-1, which needs split sizes from

@@ -73,6 +73,27 @@ def make_idx_dir(path, num_train=64, num_test=20, size=28, seed=0, gz=False):
   return path
 
 
+def make_image_folder(path, classes=('cat', 'dog', 'fox'), num_train=8,
+                      num_test=3, size=(12, 10), seed=0, validation=0):
+  """data_dir/{train,test[,validation]}/<class>/NNN.png: RGB images, learnable
+  (each class lights its own band), as PNG and (every fourth) JPEG."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  height, width = size
+  counts = {'train': num_train, 'test': num_test, 'validation': validation}
+  for split, n in counts.items():
+    for label, name in enumerate(classes if n else ()):
+      folder = os.path.join(path, split, name)
+      os.makedirs(folder, exist_ok=True)
+      for i in range(n):
+        image = rng.integers(0, 60, (height, width, 3)).astype(np.uint8)
+        row = label * height // len(classes)
+        image[row:row + 2, :, label % 3] = 255
+        ext = 'jpg' if i % 4 == 3 else 'png'
+        Image.fromarray(image).save(os.path.join(folder, f'{i:03d}.{ext}'))
+  return path
+
+
 @pytest.fixture
 def idx_dir(tmp_path):
   return make_idx_dir(str(tmp_path / 'idx'))

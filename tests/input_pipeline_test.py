@@ -132,3 +132,136 @@ def test_tfds_offline_fails_fast_with_offline_route(monkeypatch, tmp_path):
 def test_unknown_tfds_name_is_refused(tmp_path):
   with pytest.raises(input_pipeline.DataError, match="unknown dataset 'nope'"):
     input_pipeline.load_dataset('nope', str(tmp_path))
+
+
+def _streamed(split):
+  """The same examples behind a non-memory split type, so batches are read
+  by Grain's threads as for files."""
+  return input_pipeline.Subset(split, np.arange(len(split)))
+
+
+def test_streamed_batches_equal_in_memory_batches():
+  split = _split(100)
+  memory = list(input_pipeline.train_batches(split, 8, 3, 5, 20))
+  streamed = list(input_pipeline.train_batches(_streamed(split), 8, 3, 5, 20,
+                                               threads=3))
+  assert len(streamed) == 20
+  for (a, la), (b, lb) in zip(memory, streamed):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)
+
+
+@pytest.mark.parametrize('processes', [1, 2])
+def test_streamed_eval_covers_every_example_once(processes):
+  split = _streamed(_split(23))
+  seen = []
+  for process in range(processes):
+    for images, _, mask in input_pipeline.eval_batches(
+        split, 10, process, processes, threads=2):
+      assert images.shape == (10 // processes, 1, 1, 1)
+      seen.extend(images.ravel()[mask].tolist())
+  assert sorted(seen) == list(range(23))
+
+
+def test_validation_is_carved_disjoint_and_by_seed():
+  split = _split(100)
+  train, validation = input_pipeline.carve_validation(split, 0.2, seed=1)
+  assert len(train) == 80 and len(validation) == 20
+  held = set(validation.images.ravel().tolist())
+  kept = set(train.images.ravel().tolist())
+  assert not held & kept and held | kept == set(range(100))
+  again = input_pipeline.carve_validation(split, 0.2, seed=1)[1]
+  np.testing.assert_array_equal(again.images, validation.images)
+  other = input_pipeline.carve_validation(split, 0.2, seed=2)[1]
+  assert set(other.images.ravel().tolist()) != held
+  # A streamed split is carved by index, to the same examples.
+  _, streamed = input_pipeline.carve_validation(_streamed(split), 0.2, 1)
+  np.testing.assert_array_equal(streamed.get(np.arange(20))[0],
+                                validation.images)
+
+
+@pytest.mark.parametrize('fraction', [0.001, 0.9999])
+def test_validation_fraction_must_leave_both_sides(fraction):
+  with pytest.raises(input_pipeline.DataError, match='validation_fraction'):
+    input_pipeline.carve_validation(_split(100), fraction, 0)
+
+
+def test_validation_fraction_changes_the_fingerprint(idx_dir):
+  plain = input_pipeline.load_dataset('mnist', idx_dir)
+  carved = input_pipeline.load_dataset('mnist', idx_dir,
+                                       validation_fraction=0.25)
+  assert len(carved.train) == 48 and len(carved.validation) == 16
+  a, b = (input_pipeline.fingerprint(d) for d in (plain, carved))
+  assert b['validation_examples'] == 16 and a != b
+
+
+def test_prefetch_keeps_order_and_runs_ahead():
+  put_log = []
+
+  def put(x):
+    put_log.append(x)
+    return (x * 10,)
+
+  out = []
+  for (y,) in input_pipeline.prefetch(((i,) for i in range(5)), put, size=2):
+    out.append(y)
+    # When batch i is used, batches up to i + 2 have been sent.
+    assert len(put_log) == min(5, len(out) + 2)
+  assert out == [0, 10, 20, 30, 40]
+
+
+def _tiny_tfds_builder():
+  """A 3-class tfds set defined here, so it can be prepared offline."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class TinyShapes(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.
+                                   FeaturesDict({
+                                       'image': tfds.features.Image(
+                                           shape=(8, 8, 1)),
+                                       'label': tfds.features.ClassLabel(
+                                           names=['a', 'b', 'c'])}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {'train': self._generate_examples(40, 0),
+              'test': self._generate_examples(12, 1)}
+
+    def _generate_examples(self, n, seed):
+      rng = np.random.default_rng(seed)
+      for i in range(n):
+        yield i, {'image': rng.integers(0, 256, (8, 8, 1), dtype=np.uint8),
+                  'label': i % 3}
+
+  return TinyShapes
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('tfds'))
+  _tiny_tfds_builder()(data_dir=path, file_format='array_record'
+                       ).download_and_prepare()
+  return path
+
+
+def test_tfds_set_is_read_by_random_access(tfds_dir):
+  streamed = input_pipeline.load_dataset('tiny_shapes', tfds_dir,
+                                         loading='stream')
+  memory = input_pipeline.load_dataset('tiny_shapes', tfds_dir,
+                                       loading='memory')
+  assert isinstance(streamed.train, input_pipeline.TfdsSplit)
+  assert input_pipeline.in_memory(memory.train)
+  assert len(streamed.train) == 40 and streamed.class_names == ['a', 'b', 'c']
+  assert streamed.train.image_shape == (8, 8, 1)
+  indices = np.array([7, 0, 39])
+  for a, b in zip(streamed.train.get(indices), memory.train.get(indices)):
+    np.testing.assert_array_equal(a, b)
+  # Two processes read disjoint halves that make up the global batch.
+  halves = [next(input_pipeline.train_batches(streamed.train, 8, 0, 3, 1, p, 2,
+                                              threads=2)) for p in range(2)]
+  whole = next(input_pipeline.train_batches(memory.train, 8, 0, 3, 1))
+  np.testing.assert_array_equal(
+      np.concatenate([h[0] for h in halves]), whole[0])

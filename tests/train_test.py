@@ -475,3 +475,62 @@ def test_divergence_stops_without_saving_nonfinite_state(tmp_path,
   assert conftest.checkpoint_steps(workdir)[-1] < bad_step
   _, state = conftest.final_state(workdir)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
+
+
+def test_prefetch_and_data_on_device_change_no_number(tmp_path,
+                                                       small_data_dir,
+                                                       reference):
+  for name, overrides in (('no_prefetch', {'prefetch_batches': 0}),
+                          ('on_device', {'data_on_device': True})):
+    workdir = str(tmp_path / name)
+    run(small_data_dir, workdir, **overrides)
+    conftest.assert_same_run(workdir, reference, TOTAL_STEPS)
+
+
+def test_validation_split_chooses_the_best_checkpoint(tmp_path,
+                                                      small_data_dir):
+  import inference  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'w')
+  # 192 training examples left: 24 steps per epoch, 3 epochs.
+  summary = run(small_data_dir, workdir, validation_fraction=0.25,
+                num_train_steps=72, max_checkpoints_to_keep=1)
+  history = summary['history']
+  assert [h['step'] for h in history] == [24, 48, 72]
+  best = max(reversed(history), key=lambda h: h['validation_accuracy'])
+  assert summary['best_chosen_on'] == 'validation'
+  assert summary['best_step'] == best['step']
+  assert summary['best_validation_accuracy'] == best['validation_accuracy']
+  assert summary['best_test_accuracy'] == best['test_accuracy']
+  # Orbax kept the checkpoint chosen on validation beside the latest.
+  assert set(conftest.checkpoint_steps(workdir)) == {best['step'], 72}
+  tags = {tag for tag, _ in conftest.scalar_points(workdir)}
+  assert {'validation_accuracy', 'test_accuracy'} <= tags
+  config = inference.load_config(workdir)
+  report = inference.evaluate_checkpoint(config, workdir, 'best',
+                                         'validation')
+  assert report['split'] == 'validation' and report['examples'] == 64
+  assert report['accuracy'] == pytest.approx(best['validation_accuracy'],
+                                             abs=1e-6)
+  assert 'on 64 validation examples' in inference.format_report(report)
+
+
+def test_image_folder_streamed_and_resumed_equals_in_memory(tmp_path,
+                                                            monkeypatch):
+  folder = conftest.make_image_folder(str(tmp_path / 'images'),
+                                      num_train=16, num_test=4)
+  # 48 images, 6 steps per epoch at batch 8; 12 steps.
+  config = functools.partial(conftest.tiny_config, folder, dataset='custom',
+                             num_train_steps=12, eval_batch_size=8)
+  memory, streamed = str(tmp_path / 'memory'), str(tmp_path / 'streamed')
+  train.train_and_evaluate(config(data_loading='memory'), memory)
+  monkeypatch.setenv('TRAINER_FAULT', 'term:step:4')
+  with pytest.raises(train.Preempted):
+    train.train_and_evaluate(config(data_loading='stream'), streamed)
+  monkeypatch.delenv('TRAINER_FAULT')
+  summary = train.train_and_evaluate(config(data_loading='stream'), streamed)
+  conftest.assert_same_run(streamed, memory, 12)
+  info = json.load(open(os.path.join(streamed, 'dataset.json')))
+  assert info['class_names'] == ['cat', 'dog', 'fox']
+  assert info['image_shape'] == [12, 10, 3]
+  assert 'decoded per batch' in info['source']
+  assert summary['test_accuracy'] > 0
