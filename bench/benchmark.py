@@ -3,6 +3,8 @@
   .venv/bin/python bench/benchmark.py                 # throughput table
   .venv/bin/python bench/benchmark.py --mode=tta      # time to accuracy
   .venv/bin/python bench/benchmark.py --mode=dtype    # float32 vs bfloat16
+  .venv/bin/python bench/benchmark.py --mode=input    # input routes
+  .venv/bin/python bench/benchmark.py --mode=memory   # peak RSS, 10k vs 100k
 
 Throughput: every contender is built and warmed up (compiled) first, then
 timed windows run in alternation (A B C A B C ...) so that drift of the
@@ -191,6 +193,165 @@ def compute_dtypes(args):
       json.dump(rates, f, indent=2)
 
 
+def write_image_folder(path, data, num_train, num_test=1000, rgb_size=0):
+  """Writes `data`'s first images as data_dir/{train,test}/<class>/N.png
+  (or random RGB images of rgb_size, if set), once; returns path."""
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  done = os.path.join(path, '.complete')
+  if os.path.exists(done):
+    return path
+
+  def write(item):
+    split, i, label = item
+    if rgb_size:
+      image = np.random.default_rng(i).integers(
+          0, 256, (rgb_size, rgb_size, 3), dtype=np.uint8)
+    else:
+      image = getattr(data, split).images[i % len(getattr(data, split)), ...,
+                                          0]
+    folder = os.path.join(path, split, f'class{label}')
+    Image.fromarray(image).save(os.path.join(folder, f'{i:06d}.png'))
+
+  items = []
+  for split, n in (('train', num_train), ('test', num_test)):
+    labels = getattr(data, split).labels
+    for c in range(10):
+      os.makedirs(os.path.join(path, split, f'class{c}'), exist_ok=True)
+    items += [(split, i, int(labels[i % len(labels)])) for i in range(n)]
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    list(pool.map(write, items))
+  open(done, 'w').close()
+  return path
+
+
+def input_modes(args):
+  """Train images/s of the trainer's input routes, timed in alternation:
+  host batches put each step, sent ahead (prefetch), gathered on the device
+  (data_on_device), and decoded from PNG files per batch (streamed)."""
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  data = load(args.data_dir)
+  folder = write_image_folder(f'/tmp/bench-folder-{args.folder_images}',
+                              data, args.folder_images)
+  streamed = input_pipeline.load_dataset('custom', folder, loading='stream')
+  in_memory = input_pipeline.load_dataset('custom', folder, loading='memory')
+  lineup = []
+  for batch in (32, 128):
+    lineup += [
+        (f'b{batch} memory, put each step', data, batch,
+         {'prefetch_batches': 0}),
+        (f'b{batch} memory, 2 batches ahead (default)', data, batch, {}),
+        (f'b{batch} memory, data_on_device', data, batch,
+         {'data_on_device': True}),
+        (f'b{batch} PNG folder decoded into memory', in_memory, batch, {}),
+        (f'b{batch} PNG folder streamed (decoded per batch)', streamed, batch,
+         {})]
+  runners = {}
+  for name, dataset, batch, kwargs in lineup:
+    runners[name] = contenders.make('trainer', dataset, batch, **kwargs)
+    runners[name].run(max(2, args.warmup_images // batch))
+  rates = {name: [] for name in runners}
+  for _ in range(args.windows):
+    for name, _, batch, _ in lineup:
+      steps = max(1, args.window_images // batch)
+      rates[name].append(steps * batch /
+                         contenders.timed(runners[name].run, steps))
+  print(f'\n{os.cpu_count()} CPU cores; median of {args.windows} windows of '
+        f'{args.window_images} images; folder: {args.folder_images} PNGs '
+        f'from Fashion-MNIST\n')
+  lines = ['| input route | train images/s | steps/s | vs put each step |',
+           '| --- | ---: | ---: | ---: |']
+  for name, _, batch, _ in lineup:
+    rate = statistics.median(rates[name])
+    base = statistics.median(rates[f'b{batch} memory, put each step'])
+    lines.append(f'| {name} | {rate:.0f} | {rate / batch:.1f} | '
+                 f'{rate / base:.2f}x |')
+  print('\n'.join(lines))
+  loaders = loader_rates(streamed.train, args)
+  print('\n| loader alone, PNG folder, batch 128 | images/s |\n| --- | ---: |')
+  for name, rate in loaders.items():
+    print(f'| {name} | {rate:.0f} |')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({'train': rates, 'loaders': loaders}, f, indent=2)
+
+
+def loader_rates(split, args, batch=128, steps=60):
+  """Images/s of reading a PNG folder's batches with nothing else running:
+  Grain's threads (the trainer's route) against tf.data's parallel map, the
+  alternative the issue names. Both read the same permuted indices."""
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  paths = np.asarray(split.paths)
+  order = input_pipeline.epoch_permutation(len(paths), 0, 0)[:batch * steps]
+
+  def grain_route():
+    for _ in input_pipeline.train_batches(split, batch, 0, 0, steps,
+                                          threads=input_pipeline.READ_THREADS):
+      pass
+
+  def tf_data_route():
+    ds = tf.data.Dataset.from_tensor_slices(paths[order]).map(
+        lambda p: tf.io.decode_png(tf.io.read_file(p), channels=1),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    for _ in ds.batch(batch).prefetch(tf.data.AUTOTUNE):
+      pass
+
+  def serial_route():
+    for _ in input_pipeline.train_batches(split, batch, 0, 0, steps,
+                                          threads=0):
+      pass
+
+  routes = {'Grain MapDataset, threads (ours)': grain_route,
+            'tf.data, parallel map (AUTOTUNE)': tf_data_route,
+            'one thread, no read-ahead': serial_route}
+  times = {name: [] for name in routes}
+  for _ in range(3):
+    for name, route in routes.items():
+      times[name].append(contenders.timed(route))
+  return {name: batch * steps / min(t) for name, t in times.items()}
+
+
+def peak_memory(args):
+  """Peak RSS of reading a generated image folder of 10,000 vs 100,000
+  images, streamed and in memory, each in a fresh process."""
+  data = load(args.data_dir)
+  lines = ['| images on disk | loading | peak RSS (MB) | images read | '
+           'seconds |', '| ---: | --- | ---: | ---: | ---: |']
+  for n in (10_000, 100_000):
+    folder = write_image_folder(f'/tmp/bench-rgb-{n}', data, n, num_test=100,
+                                rgb_size=64)
+    for loading in ('stream', 'memory'):
+      proc = subprocess.run(
+          [sys.executable, os.path.join('bench', 'benchmark.py'),
+           '--mode=read_child', f'--data_dir={folder}',
+           f'--loading={loading}'], cwd=contenders.ROOT, capture_output=True,
+          text=True, check=True)
+      result = json.loads(proc.stdout.splitlines()[-1])
+      lines.append(f'| {n:,} | {loading} | {result["peak_rss_mb"]:.0f} | '
+                   f'{result["images"]:,} | {result["seconds"]:.1f} |')
+      print(lines[-1], flush=True)
+  print('\n'.join(lines))
+
+
+def read_child(args):
+  """Child of peak_memory: loads a folder and reads 100 batches of 128."""
+  import resource  # pylint: disable=g-import-not-at-top
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  dataset = input_pipeline.load_dataset('custom', args.data_dir,
+                                        loading=args.loading)
+  count = 0
+  for images, _ in input_pipeline.train_batches(
+      dataset.train, 128, 0, 0, 100, threads=input_pipeline.READ_THREADS):
+    count += len(images)
+  print(json.dumps({
+      'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      'images': count, 'seconds': time.perf_counter() - start}))
+
+
 def first_step(args):
   """Child process of `first_step_seconds` for the non-trainer contenders."""
   data = load(args.data_dir)
@@ -258,8 +419,9 @@ def time_to_accuracy(args):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--mode', default='throughput',
-                      choices=['throughput', 'tta', 'dtype', 'first_step',
-                               'reference_epochs'])
+                      choices=['throughput', 'tta', 'dtype', 'input',
+                               'memory', 'first_step', 'reference_epochs',
+                               'read_child'])
   parser.add_argument('--data_dir', default=DEFAULT_DATA)
   parser.add_argument('--windows', type=int, default=5)
   parser.add_argument('--window_images', type=int, default=12800)
@@ -269,11 +431,14 @@ def main():
   parser.add_argument('--epochs', type=int, default=10)
   parser.add_argument('--config', default='configs/fast.py')
   parser.add_argument('--json', help='also write the table here')
+  parser.add_argument('--folder_images', type=int, default=10000)
+  parser.add_argument('--loading', default='stream')
   args = parser.parse_args()
   os.chdir(contenders.ROOT)
   {'throughput': throughput, 'tta': time_to_accuracy, 'dtype': compute_dtypes,
-   'first_step': first_step, 'reference_epochs': reference_epochs}[args.mode](
-       args)
+   'input': input_modes, 'memory': peak_memory, 'first_step': first_step,
+   'reference_epochs': reference_epochs, 'read_child': read_child}[
+       args.mode](args)
 
 
 if __name__ == '__main__':

@@ -9,8 +9,8 @@ are finished (so wall time around it is honest), and `evaluate()`.
   batch 32, a jitted `train_step`, then a separate jitted metrics pass over
   the same batch, metrics accumulated in the state.
 * `trainer`: this project's own pieces as `train.train_and_evaluate` uses
-  them: `input_pipeline.train_batches`, `Mesh.put_batch`, the donated jitted
-  `train.train_step` with fused loss/accuracy.
+  them: `train.train_inputs` (host batches sent ahead, or gathered on the
+  device), the donated jitted `train.train_step` with fused loss/accuracy.
 * `torch`: the same CNN and optimiser in PyTorch on the CPU.
 """
 
@@ -112,8 +112,10 @@ class Trainer:
   """This project's loop pieces, as train.train_and_evaluate uses them."""
 
   def __init__(self, data, batch_size, learning_rate=0.01, momentum=0.9,
-               seed=0, model='cnn', model_kwargs=None):
+               seed=0, model='cnn', model_kwargs=None, prefetch_batches=2,
+               data_on_device=False):
     import jax  # pylint: disable=g-import-not-at-top
+    from configs import default  # pylint: disable=g-import-not-at-top
     import input_pipeline  # pylint: disable=g-import-not-at-top
     import models  # pylint: disable=g-import-not-at-top
     import distributed  # pylint: disable=g-import-not-at-top
@@ -121,24 +123,27 @@ class Trainer:
     import train  # pylint: disable=g-import-not-at-top
 
     self.data, self.batch_size, self.seed = data, batch_size, seed
+    self.config = default.get_config()
+    self.config.update(batch_size=batch_size, seed=seed,
+                       prefetch_batches=prefetch_batches,
+                       data_on_device=data_on_device)
     self.mesh = distributed.Mesh()
     tx = optimizers.create_optimizer('sgd', learning_rate, momentum)
     self.state = self.mesh.put_replicated(train.create_train_state(
-        models.create_model(model, 10, **(model_kwargs or {})), tx,
-        (28, 28, 1), seed))
+        models.create_model(model, len(data.class_names),
+                            **(model_kwargs or {})), tx,
+        tuple(data.train.image_shape), seed))
     self._step, self._eval = train.jit_steps(self.mesh)
     self._next_step = 0
     self._jax, self._input_pipeline, self._train = jax, input_pipeline, train
     self._distributed = distributed
 
   def run(self, num_steps):
-    batches = self._input_pipeline.train_batches(
-        self.data.train, self.batch_size, self.seed, self._next_step,
-        num_steps)
+    batches = self._train.train_inputs(self.config, self.data.train,
+                                       self._next_step, num_steps, self.mesh)
     wait = self._distributed.one_step_in_flight()
-    for images, labels in batches:
-      self.state = self._step(self.state,
-                              *self.mesh.put_batch(images, labels))
+    for batch in batches:
+      self.state = self._step(self.state, *batch)
       if wait:
         self._jax.block_until_ready(self.state)
     self._next_step += num_steps
