@@ -268,24 +268,56 @@ def input_modes(args):
     lines.append(f'| {name} | {rate:.0f} | {rate / batch:.1f} | '
                  f'{rate / base:.2f}x |')
   print('\n'.join(lines))
-  loaders = loader_rates(streamed.train, args)
-  print('\n| loader alone, PNG folder, batch 128 | images/s |\n| --- | ---: |')
-  for name, rate in loaders.items():
-    print(f'| {name} | {rate:.0f} |')
+  photos = input_pipeline.load_dataset(
+      'custom', write_jpeg_folder('/tmp/bench-jpeg-2000', 2000),
+      loading='stream', image_size=224)
+  loaders = {'28x28 PNG': loader_rates(streamed.train, 128, 60),
+             '320x240 JPEG to 224x224': loader_rates(photos.train, 64, 30)}
+  print(f'\n| loader alone ({os.cpu_count()} cores) | ' + ' | '.join(
+      loaders) + ' |\n| --- | ---: | ---: |')
+  for name in loaders['28x28 PNG']:
+    print(f'| {name} | ' + ' | '.join(
+        f'{rates[name]:.0f} images/s' for rates in loaders.values()) + ' |')
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({'train': rates, 'loaders': loaders}, f, indent=2)
 
 
-def loader_rates(split, args, batch=128, steps=60):
-  """Images/s of reading a PNG folder's batches with nothing else running:
-  Grain's threads (the trainer's route) against tf.data's parallel map, the
-  alternative the issue names. Both read the same permuted indices."""
+def write_jpeg_folder(path, n):
+  """n photo-like 320x240 RGB JPEGs (smooth colour fields) in 4 classes."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  done = os.path.join(path, '.complete')
+  if os.path.exists(done):
+    return path
+  rng = np.random.default_rng(0)
+  for split, count in (('train', n), ('test', 8)):
+    for i in range(count):
+      folder = os.path.join(path, split, f'class{i % 4}')
+      os.makedirs(folder, exist_ok=True)
+      small = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+      Image.fromarray(small).resize((320, 240), Image.BICUBIC).save(
+          os.path.join(folder, f'{i:05d}.jpg'), quality=90)
+  open(done, 'w').close()
+  return path
+
+
+def loader_rates(split, batch, steps):
+  """Images/s of reading an image folder's batches with nothing else
+  running: Grain's threads (the trainer's route), one thread, and tf.data's
+  parallel map (decoding and resizing in TensorFlow), the alternative the
+  issue names. All read the same permuted indices."""
   import input_pipeline  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   paths = np.asarray(split.paths)
   order = input_pipeline.epoch_permutation(len(paths), 0, 0)[:batch * steps]
+  height, width, channels = split.image_shape
+
+  def decode(path):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
+                               expand_animations=False)
+    return tf.image.resize(image, (height, width))
 
   def grain_route():
     for _ in input_pipeline.train_batches(split, batch, 0, 0, steps,
@@ -294,8 +326,7 @@ def loader_rates(split, args, batch=128, steps=60):
 
   def tf_data_route():
     ds = tf.data.Dataset.from_tensor_slices(paths[order]).map(
-        lambda p: tf.io.decode_png(tf.io.read_file(p), channels=1),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     for _ in ds.batch(batch).prefetch(tf.data.AUTOTUNE):
       pass
 
@@ -304,9 +335,10 @@ def loader_rates(split, args, batch=128, steps=60):
                                           threads=0):
       pass
 
-  routes = {'Grain MapDataset, threads (ours)': grain_route,
+  routes = {f'Grain MapDataset, {input_pipeline.READ_THREADS} threads, PIL '
+            f'(ours)': grain_route,
             'tf.data, parallel map (AUTOTUNE)': tf_data_route,
-            'one thread, no read-ahead': serial_route}
+            'PIL on one thread, no read-ahead': serial_route}
   times = {name: [] for name in routes}
   for _ in range(3):
     for name, route in routes.items():

@@ -58,7 +58,7 @@ def free_port():
     return s.getsockname()[1]
 
 
-def run_processes(workdir, data_dir, faults=(None, None)):
+def run_processes(workdir, data_dir, faults=(None, None), extra=()):
   """Two processes x 2 CPU devices on 127.0.0.1; returns their results."""
   port = free_port()
   procs = []
@@ -70,7 +70,7 @@ def run_processes(workdir, data_dir, faults=(None, None)):
         [sys.executable, *command(
             workdir, data_dir, f'--coordinator_address=127.0.0.1:{port}',
             '--num_processes=2', f'--process_id={pid}',
-            '--heartbeat_timeout_seconds=10')],
+            '--heartbeat_timeout_seconds=10', *extra)],
         cwd=conftest.ROOT, env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True))
   results, deadline = [], time.time() + TIMEOUT
@@ -224,3 +224,31 @@ def test_batchnorm_on_four_devices_uses_the_global_batch(tmp_path, data_dir):
   assert_close_runs(workdir, reference, steps)
   _, variables = load_params(workdir)
   assert jax.tree.leaves(variables['model_state'])  # Statistics compared.
+
+
+def test_two_processes_stream_an_image_folder_with_validation(tmp_path):
+  # Each process decodes only its slice of every batch from the files; the
+  # run matches one process holding the whole folder in memory.
+  folder = conftest.make_image_folder(str(tmp_path / 'images'),
+                                      num_train=16, num_test=5)
+  options = {'dataset': 'custom', 'validation_fraction': 0.25,
+             'num_train_steps': 8, 'eval_batch_size': 8}
+  reference = str(tmp_path / 'one')
+  train.train_and_evaluate(conftest.tiny_config(
+      folder, data_loading='memory', **options), reference)
+  workdir = str(tmp_path / 'two')
+  results = run_processes(workdir, folder, extra=[
+      f'--config.{k}={v}' for k, v in options.items()] + [
+          '--config.data_loading=stream'])
+  for code, err in results:
+    assert code == 0, err[-3000:]
+  assert 'decoded per batch' in results[0][1]
+  assert_close_runs(workdir, reference, steps=8)
+  summary = json.load(open(os.path.join(workdir, 'summary.json')))
+  assert summary['best_chosen_on'] == 'validation'
+  expected = json.load(open(os.path.join(reference, 'summary.json')))
+  assert len(summary['history']) == len(expected['history'])
+  for key in ('validation_accuracy', 'test_accuracy'):
+    # Every example counted once: accuracies are multiples of 1/12 and 1/15.
+    assert [h[key] for h in summary['history']] == pytest.approx(
+        [h[key] for h in expected['history']], abs=1e-6), key
