@@ -23,8 +23,8 @@ def test_classes_are_sorted_folder_names_and_labels_follow(folder):
   train = splits['train']
   assert len(train) == 24 and len(splits['test']) == 9
   np.testing.assert_array_equal(train.labels, np.repeat([0, 1, 2], 8))
-  assert all(f'/train/{names[l]}/' in p for p, l in zip(train.paths,
-                                                        train.labels))
+  assert all(f'/train/{names[l]}/' in os.fsdecode(p)
+             for p, l in zip(train.paths, train.labels))
 
 
 def test_size_and_channels_default_to_the_first_training_image(folder):
@@ -42,8 +42,8 @@ def test_mixed_sizes_and_grey_are_converted(folder):
                                                   'grey_big.png'))
   splits, _ = image_folder.scan(folder, image_size=16)
   train = splits['train']
-  index = train.paths.index(os.path.join(folder, 'train', 'dog',
-                                         'grey_big.png'))
+  index = [os.fsdecode(p) for p in train.paths].index(
+      os.path.join(folder, 'train', 'dog', 'grey_big.png'))
   image, label = train.get(np.array([index]))
   assert image.shape == (1, 16, 16, 3) and label[0] == 1
   assert (image == 128).all()  # Grey made RGB: every channel the same.
@@ -78,7 +78,7 @@ def test_skip_bad_images_leaves_them_out(folder):
     f.write(b'garbage')
   splits, _ = image_folder.scan(folder, skip_bad_images=True)
   assert len(splits['train']) == 24
-  assert not any('broken' in p for p in splits['train'].paths)
+  assert not any(b'broken' in p for p in splits['train'].paths)
 
 
 def test_other_files_and_empty_classes(folder):
