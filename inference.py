@@ -23,7 +23,6 @@ from configs import default
 import distributed
 import image_folder
 import input_pipeline
-import plots
 import train
 
 
@@ -158,6 +157,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:
       json.dump(report, f, indent=2)
+    import plots  # pylint: disable=g-import-not-at-top  # matplotlib: 1 s.
     plots.plot_confusion(confusion, names,
                          os.path.join(workdir, 'confusion.png'))
   return report

@@ -13,9 +13,7 @@ import time
 from typing import Any, Iterator, Optional
 
 from absl import logging
-from clu import metric_writers
 from clu import metrics
-from clu import periodic_actions
 import flax
 from flax import linen as nn
 from flax.training import train_state
@@ -35,7 +33,6 @@ import faults
 import input_pipeline
 import models
 import optimizers
-import plots
 import preemption
 import run_config
 import workdir_lock
@@ -116,23 +113,26 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                        image_shape, seed: int, ema: bool = False
                        ) -> TrainState:
   """Initialises variables and optimizer state, deterministically in seed."""
-  init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
   dummy = jnp.ones((1,) + tuple(image_shape))
+  collection = create_metrics(model.num_classes)
+
+  def init(seed_key):
+    init_rng, rng = jax.random.split(seed_key)
+    variables = dict(model.init({'params': init_rng}, dummy))
+    params = variables.pop('params')
+    state = TrainState.create(
+        apply_fn=model.apply, params=params, tx=tx, model_state=variables,
+        # A copy: the state is donated, and one buffer cannot be donated
+        # twice.
+        ema_variables=jax.tree.map(jnp.copy, {'params': params, **variables})
+        if ema else None, rng=rng,
+        epoch_metrics=collection.empty(), window_metrics=collection.empty(),
+        nonfinite_step=jnp.array(-1, jnp.int32))
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
   # One compiled program instead of dozens of op-by-op dispatches (each
   # compiled on first use): seconds off every start.
-  variables = jax.jit(lambda key: model.init({'params': key}, dummy))(
-      init_rng)
-  variables = dict(variables)
-  params = variables.pop('params')
-  collection = create_metrics(model.num_classes)
-  state = TrainState.create(
-      apply_fn=model.apply, params=params, tx=tx, model_state=variables,
-      # A copy: the state is donated, and one buffer cannot be donated twice.
-      ema_variables=jax.tree.map(jnp.copy, {'params': params, **variables})
-      if ema else None, rng=rng,
-      epoch_metrics=collection.empty(), window_metrics=collection.empty(),
-      nonfinite_step=jnp.array(-1, jnp.int32))
-  return state.replace(step=jnp.zeros((), jnp.int32))
+  return jax.jit(init)(jax.random.PRNGKey(seed))
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
@@ -509,6 +509,46 @@ def save(manager, step: int, state: TrainState, meta: dict, writer,
   faults.trigger('checkpoint', step)
 
 
+def log_model(model: nn.Module, name: str, image_shape):
+  """Logs a table of the model's layers, parameters and FLOPs."""
+  logging.info('Model %s:\n%s', name, nn.tabulate(
+      model, jax.random.PRNGKey(0), compute_flops=True,
+      compute_vjp_flops=True, console_kwargs={
+          'force_terminal': False, 'force_jupyter': False, 'width': 100}
+  )(jnp.ones([1] + list(image_shape))))
+
+
+class ReportProgress:
+  """About once a minute and at the last step: logs steps/s, progress and
+  the time left, and writes steps_per_sec and uptime to TensorBoard.
+
+  clu's periodic_actions.ReportProgress does this too, but importing it
+  imports TensorFlow (through clu.metric_writers): seconds of start-up.
+  """
+
+  def __init__(self, total_steps: int, writer, every_seconds: float = 60.0):
+    self._total, self._writer, self._every = total_steps, writer, every_seconds
+    self._start = time.monotonic()
+    self._last_step, self._last_time = None, self._start
+
+  def __call__(self, step: int):
+    now = time.monotonic()
+    if self._last_step is None:  # The first step of a session: compile time.
+      self._last_step, self._last_time = step, now
+      return
+    if step == self._last_step or (step != self._total
+                                   and now - self._last_time < self._every):
+      return
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    left = (self._total - step) / max(rate, 1e-9)
+    logging.info('%.1f steps/s, %.1f%% (%d/%d), %d min %02d s left', rate,
+                 100 * step / self._total, step, self._total, left // 60,
+                 left % 60)
+    self._writer.write_scalars(step, {'steps_per_sec': rate,
+                                      'uptime': now - self._start})
+    self._last_step, self._last_time = step, now
+
+
 @contextlib.contextmanager
 def _finish_saves_on_error(manager):
   """On any error, lets a checkpoint write in flight complete before exit."""
@@ -607,22 +647,15 @@ def _train(config, workdir, dataset, steps_per_epoch, total_steps,
         'class_names': list(dataset.class_names)})
   manager = checkpointing.create_manager(checkpoint_dir,
                                          config.max_checkpoints_to_keep)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not is_main)
+  writer = event_files.SummaryWriter(workdir if is_main else None)
   if start_step == 0:
     writer.write_hparams(config.to_dict())
-    logging.info('Model %s:\n%s', config.model, nn.tabulate(
-        model, jax.random.PRNGKey(0), compute_flops=True,
-        compute_vjp_flops=True, console_kwargs={
-            'force_terminal': False, 'force_jupyter': False, 'width': 100}
-    )(jnp.ones([1] + image_shape)))
 
   p_train_step, p_eval_step = jit_steps(
       mesh, label_smoothing=config.label_smoothing,
       ema_decay=config.ema_decay, use_ema=config.eval_with_ema,
       augment=config.augment)
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=total_steps, writer=writer)
+  report_progress = ReportProgress(total_steps, writer)
   logging.info('Training steps %d..%d (%d per epoch, batch %d on %d devices)',
                start_step, total_steps, steps_per_epoch, config.batch_size,
                jax.device_count())
@@ -640,6 +673,8 @@ def _train(config, workdir, dataset, steps_per_epoch, total_steps,
       if step == start_step:  # Compile time shows up here, once.
         logging.info('First training step done %.1f s after process start',
                      time.time() - psutil.Process().create_time())
+        if step == 0:  # After the step: tabulating costs time, not results.
+          log_model(model, config.model, image_shape)
       done, window_steps = step + 1, window_steps + 1
       faults.trigger('step', done)
       report_progress(done)
@@ -725,6 +760,7 @@ def _write_results(workdir, config, dataset, progress: Progress, state, mesh,
   logits = multihost_utils.process_allgather(logits, tiled=True)
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, 'summary.json'), summary)
+    import plots  # pylint: disable=g-import-not-at-top  # matplotlib: 1 s.
     plots.plot_history(progress.history, os.path.join(workdir, 'metrics.png'))
     n = min(25, len(logits))
     images, labels = dataset.test.get(np.arange(n))

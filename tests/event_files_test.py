@@ -1,4 +1,5 @@
-"""Tests for event_files.py: event files cut back to a restored step."""
+"""Tests for event_files.py: writing event files, and cutting them back to
+a restored step."""
 
 import os
 
@@ -6,6 +7,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.summary.writer import event_file_writer
 
+import conftest
 import event_files
 
 
@@ -43,3 +45,33 @@ def test_minus_one_empties_every_file(tmp_path):
   path = write_points(str(tmp_path), [1, 2])
   event_files.truncate_after(str(tmp_path), -1)
   assert steps_in(path) == []
+
+
+def test_summary_writer_writes_scalars_and_hparams(tmp_path):
+  writer = event_files.SummaryWriter(str(tmp_path))
+  writer.write_hparams({'model': 'cnn', 'kwargs': {'dropout_rate': 0.5}})
+  writer.write_scalars(7, {'train_loss': 0.25, 'images_per_second': 100})
+  writer.close()
+  events = [e for p in event_files.event_paths(str(tmp_path))
+            for e in event_files.read_events(p)]
+  assert events[0].file_version == 'brain.Event:2'
+  values = {v.tag: (e.step, v) for e in events for v in e.summary.value}
+  step, loss = values['train_loss']
+  assert step == 7 and loss.metadata.plugin_data.plugin_name == 'scalars'
+  assert loss.tensor.float_val == [0.25]
+  assert '_hparams_/session_start_info' in values
+  # Logging only (processes other than 0): no files.
+  event_files.SummaryWriter(None).write_scalars(1, {'x': 1.0})
+  assert len(event_files.event_paths(str(tmp_path))) == 1
+
+
+def test_training_imports_no_tensorflow():
+  # TensorFlow takes seconds to import; the IDX and image-folder routes and
+  # the metric writer must not pull it in.
+  result = conftest.run_python(['-c', (
+      'import sys, train, inference, event_files, tempfile; '
+      'event_files.SummaryWriter(tempfile.mkdtemp()).write_scalars(1, '
+      '{"a": 1.0}); print(sorted(m for m in sys.modules '
+      'if m.split(".")[0] == "tensorflow"))')])
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == '[]'
