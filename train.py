@@ -656,9 +656,10 @@ def _train(config, workdir, dataset, steps_per_epoch, total_steps,
       ema_decay=config.ema_decay, use_ema=config.eval_with_ema,
       augment=config.augment)
   report_progress = ReportProgress(total_steps, writer)
-  logging.info('Training steps %d..%d (%d per epoch, batch %d on %d devices)',
-               start_step, total_steps, steps_per_epoch, config.batch_size,
-               jax.device_count())
+  logging.info('Training steps %d..%d (%d per epoch, batch %d on %d %s '
+               'devices; XLA_FLAGS=%r)', start_step, total_steps,
+               steps_per_epoch, config.batch_size, jax.device_count(),
+               jax.default_backend(), os.environ.get('XLA_FLAGS', ''))
   batches = train_inputs(config, dataset.train, start_step,
                          total_steps - start_step, mesh)
   wait_each_step = distributed.one_step_in_flight()
@@ -750,6 +751,10 @@ def _write_results(workdir, config, dataset, progress: Progress, state, mesh,
       'train_images_per_second':
           total_steps * config.batch_size / max(progress.train_seconds, 1e-9),
       'history': progress.history, 'config': config.to_dict(),
+      # What else shaped the numbers: the backend and XLA's flags.
+      'runtime': {'backend': jax.default_backend(),
+                  'devices': jax.device_count(),
+                  'xla_flags': os.environ.get('XLA_FLAGS', '')},
   }
   test_images, _, _ = next(input_pipeline.eval_batches(
       dataset.test, eval_batch_size, jax.process_index(),

@@ -6,11 +6,13 @@
   .venv/bin/python bench/benchmark.py --mode=input    # input routes
   .venv/bin/python bench/benchmark.py --mode=memory   # peak RSS, 10k vs 100k
 
-Throughput: every contender is built and warmed up (compiled) first, then
-timed windows run in alternation (A B C A B C ...) so that drift of the
-machine hits all alike; the table gives the median window. Each window trains
-the same number of images. Ratios are to the Flax quick-start reference loop
-measured in the same invocation.
+Throughput: rounds of one timed window per contender and batch size, the
+contenders alternating (A B C A B C ...) so that drift of the machine hits
+all alike; the table gives the median window. Each window runs in a fresh
+process after warm-up (compilation), so that the trainer runs with the XLA
+flags main.py sets and the others with XLA's defaults, as their users run
+them. Each window trains the same number of images. Ratios are to the Flax
+quick-start reference loop measured in the same invocation.
 
 Time to accuracy: the reference loop trains 10 epochs in a fresh process
 (its whole wall time, process start included, and its final test accuracy
@@ -32,13 +34,6 @@ import time
 import contenders
 
 DEFAULT_DATA = '/usr/share/datasets/fashion-mnist'
-# (name, contender, batch size). The trainer's default config is batch 32.
-LINEUP = [('reference b32', 'reference', 32), ('trainer b32', 'trainer', 32),
-          ('trainer b128', 'trainer', 128), ('trainer b512', 'trainer', 512),
-          ('torch b32', 'torch', 32), ('torch b128', 'torch', 128),
-          ('torch b512', 'torch', 512)]
-
-
 def load(data_dir):
   import input_pipeline  # pylint: disable=g-import-not-at-top
   return input_pipeline.load_dataset('fashion_mnist', data_dir)
@@ -102,70 +97,130 @@ def first_step_seconds(kind, data_dir):
 
 
 def throughput(args):
-  data = load(args.data_dir)
-  lineup = [c for c in LINEUP if args.only is None or c[1] in args.only]
-  runners = {}
-  for name, kind, batch in lineup:
-    runners[name] = contenders.make(kind, data, batch)
-    runners[name].run(max(2, args.warmup_images // batch))  # Compile, warm.
-  rates = {name: [] for name in runners}
+  """The main table: every contender and batch size, rounds alternating."""
+  kinds = [k for k in KIND_BATCHES if args.only is None or k in args.only]
+  rates, eval_rates = {}, {}
   for _ in range(args.windows):
-    for name, kind, batch in lineup:
-      steps = max(1, args.window_images // batch)
-      seconds = contenders.timed(runners[name].run, steps)
-      rates[name].append(steps * batch / seconds)
-  eval_rates = {}
-  for name in runners:
-    runners[name].evaluate()  # Compile.
-    seconds = min(contenders.timed(runners[name].evaluate) for _ in range(3))
-    eval_rates[name] = len(data.test) / seconds
+    for kind in kinds:
+      for batch, (rate, eval_rate) in contender_window(kind, args).items():
+        rates.setdefault((kind, batch), []).append(rate)
+        eval_rates[(kind, batch)] = eval_rate
   peak = peak_flops()
   flops = train_flops_per_image()
-  first = {kind: first_step_seconds(kind, args.data_dir)
-           for kind in sorted({k for _, k, _ in lineup})}
-  median = {name: statistics.median(r) for name, r in rates.items()}
-  ref = median.get('reference b32')
+  first = {kind: first_step_seconds(kind, args.data_dir) for kind in kinds}
+  median = {key: statistics.median(r) for key, r in rates.items()}
+  ref = median.get(('reference', 32))
   rows = []
-  for name, kind, batch in lineup:
+  for (kind, batch), rate in median.items():
     rows.append({
-        'contender': name, 'train_images_per_s': median[name],
-        'windows': rates[name],
-        'ratio_to_reference': median[name] / ref if ref else None,
-        'percent_of_peak': 100 * median[name] * flops / peak,
-        'eval_images_per_s': eval_rates[name],
+        'contender': f'{kind} b{batch}', 'train_images_per_s': rate,
+        'windows': rates[(kind, batch)],
+        'ratio_to_reference': rate / ref if ref else None,
+        'percent_of_peak': 100 * rate * flops / peak,
+        'eval_images_per_s': eval_rates[(kind, batch)],
         'first_step_s': first[kind]})
-  print(f'\nmachine: {os.cpu_count()} CPU cores; float32 matmul peak '
-        f'{peak / 1e9:.1f} GFLOP/s; CNN training {flops / 1e6:.1f} MFLOP per '
-        f'image (XLA cost analysis); median of {args.windows} windows of '
-        f'{args.window_images} images\n')
-  print('| contender | train images/s | vs reference | % of peak | '
-        'eval images/s | process start to first step (s) |')
-  print('| --- | ---: | ---: | ---: | ---: | ---: |')
+  lines = [
+      f'machine: {os.cpu_count()} CPU cores; float32 matmul peak '
+      f'{peak / 1e9:.1f} GFLOP/s; CNN training {flops / 1e6:.1f} MFLOP per '
+      f'image (XLA cost analysis); median of {args.windows} windows of '
+      f'{args.window_images} images; trainer XLA_FLAGS: '
+      f'{trainer_xla_flags() or "(none)"}', '',
+      '| contender | train images/s | vs reference | % of peak | '
+      'eval images/s | process start to first step (s) |',
+      '| --- | ---: | ---: | ---: | ---: | ---: |']
   for r in rows:
     ratio = f'{r["ratio_to_reference"]:.2f}x' if ref else '-'
-    print(f'| {r["contender"]} | {r["train_images_per_s"]:.0f} | {ratio} | '
-          f'{r["percent_of_peak"]:.1f} | {r["eval_images_per_s"]:.0f} | '
-          f'{r["first_step_s"]:.1f} |')
-  torch_best = max((r for r in rows if r['contender'].startswith('torch')),
-                   key=lambda r: r['train_images_per_s'], default=None)
-  trainer_best = max((r for r in rows
-                      if r['contender'].startswith('trainer')),
-                     key=lambda r: r['train_images_per_s'], default=None)
-  if torch_best and trainer_best:
-    print(f'\nbest trainer ({trainer_best["contender"]}) / best torch '
-          f'({torch_best["contender"]}): '
-          f'{trainer_best["train_images_per_s"] / torch_best["train_images_per_s"]:.2f}x')
-  if ref and 'trainer b32' in median:
-    print(f'trainer b32 / reference b32: {median["trainer b32"] / ref:.2f}x')
-  if args.json:
-    with open(args.json, 'w') as f:
+    lines.append(
+        f'| {r["contender"]} | {r["train_images_per_s"]:.0f} | {ratio} | '
+        f'{r["percent_of_peak"]:.1f} | {r["eval_images_per_s"]:.0f} | '
+        f'{r["first_step_s"]:.1f} |')
+  best = {kind: max((r for r in rows if r['contender'].startswith(kind)),
+                    key=lambda r: r['train_images_per_s'], default=None)
+          for kind in ('trainer', 'torch')}
+  lines.append('')
+  if best['trainer'] and best['torch']:
+    lines.append(
+        f'best trainer ({best["trainer"]["contender"]}) / best torch '
+        f'({best["torch"]["contender"]}): '
+        f'{best["trainer"]["train_images_per_s"] / best["torch"]["train_images_per_s"]:.2f}x'
+        f' (target 1.5x)')
+  if ref and ('trainer', 32) in median:
+    lines.append(f'trainer b32 / reference b32: '
+                 f'{median[("trainer", 32)] / ref:.2f}x (target 3x)')
+  if 'trainer' in first:
+    lines.append(f'trainer process start to first step: '
+                 f'{first["trainer"]:.1f} s (target 5 s)')
+  print('\n'.join(lines))
+  if args.out:
+    with open(args.out + '.md', 'w') as f:
+      f.write('\n'.join(lines) + '\n')
+    with open(args.out + '.json', 'w') as f:
       json.dump({'peak_flops': peak, 'train_flops_per_image': flops,
-                 'rows': rows}, f, indent=2)
+                 'trainer_xla_flags': trainer_xla_flags(), 'rows': rows}, f,
+                indent=2)
+
+
+# Batch sizes per contender in the throughput table.
+KIND_BATCHES = {'reference': (32,), 'trainer': (32, 128, 512),
+                'torch': (32, 128, 512)}
+
+
+def trainer_xla_flags() -> str:
+  """The XLA_FLAGS main.py runs the trainer with, here."""
+  import distributed  # pylint: disable=g-import-not-at-top
+  saved = os.environ.get('XLA_FLAGS')
+  try:
+    distributed.add_default_xla_flags()
+    return os.environ.get('XLA_FLAGS', '')
+  finally:
+    if saved is None:
+      os.environ.pop('XLA_FLAGS', None)
+    else:
+      os.environ['XLA_FLAGS'] = saved
+
+
+def contender_window(kind, args) -> dict:
+  """One timed window per batch size of `kind`, in a fresh process: the
+  trainer with the XLA flags main.py sets, the others with XLA's defaults
+  (as their users run them). {batch: (train images/s, eval images/s)}."""
+  env = dict(os.environ)
+  if kind == 'trainer':
+    env['XLA_FLAGS'] = trainer_xla_flags()
+  proc = subprocess.run(
+      [sys.executable, os.path.join('bench', 'benchmark.py'),
+       '--mode=contender_child', f'--contender={kind}',
+       f'--data_dir={args.data_dir}', f'--window_images={args.window_images}',
+       f'--warmup_images={args.warmup_images}'], cwd=contenders.ROOT,
+      env=env, capture_output=True, text=True, check=True)
+  result = json.loads(proc.stdout.splitlines()[-1])
+  return {int(b): tuple(v) for b, v in result.items()}
+
+
+def contender_child(args):
+  """Child of contender_window."""
+  data = load(args.data_dir)
+  result = {}
+  for batch in KIND_BATCHES[args.contender]:
+    runner = contenders.make(args.contender, data, batch)
+    runner.run(max(2, args.warmup_images // batch))  # Compile, warm up.
+    steps = max(1, args.window_images // batch)
+    rate = steps * batch / contenders.timed(runner.run, steps)
+    runner.evaluate()  # Compile.
+    seconds = min(contenders.timed(runner.evaluate) for _ in range(3))
+    result[batch] = (rate, len(data.test) / seconds)
+  print(json.dumps(result))
+
+
+def use_trainer_xla_flags():
+  """For modes that time only the trainer, in this process."""
+  import distributed  # pylint: disable=g-import-not-at-top
+  distributed.add_default_xla_flags()
 
 
 def compute_dtypes(args):
   """Train images/s of each model in float32 and bfloat16 compute, timed in
   alternation like the throughput table."""
+  use_trainer_xla_flags()
   data = load(args.data_dir)
   lineup = [(f'{model} b{batch} {dtype}', model, batch, dtype)
             for model, batch in (('cnn', 32), ('cnn', 128), ('resnet20', 128))
@@ -230,6 +285,7 @@ def input_modes(args):
   """Train images/s of the trainer's input routes, timed in alternation:
   host batches put each step, sent ahead (prefetch), gathered on the device
   (data_on_device), and decoded from PNG files per batch (streamed)."""
+  use_trainer_xla_flags()
   import input_pipeline  # pylint: disable=g-import-not-at-top
   data = load(args.data_dir)
   folder = write_image_folder(f'/tmp/bench-folder-{args.folder_images}',
@@ -384,6 +440,57 @@ def read_child(args):
       'images': count, 'seconds': time.perf_counter() - start}))
 
 
+# XLA CPU flags measured against XLA's defaults (--mode=xla_flags).
+XLA_FLAG_CANDIDATES = {
+    'defaults': '',
+    'ynn fusion': '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce',
+}
+
+
+def xla_flags(args):
+  """Trainer images/s under each XLA_FLAGS candidate, each in a fresh
+  process (XLA reads its flags once), rounds alternating A B A B ..."""
+  rates = {(name, batch): [] for name in XLA_FLAG_CANDIDATES
+           for batch in (32, 128)}
+  for _ in range(args.windows):
+    for name, flags in XLA_FLAG_CANDIDATES.items():
+      env = dict(os.environ, XLA_FLAGS=flags)
+      proc = subprocess.run(
+          [sys.executable, os.path.join('bench', 'benchmark.py'),
+           '--mode=flags_child', f'--data_dir={args.data_dir}',
+           f'--window_images={args.window_images}',
+           f'--warmup_images={args.warmup_images}'], cwd=contenders.ROOT,
+          env=env, capture_output=True, text=True, check=True)
+      for batch, rate in json.loads(proc.stdout.splitlines()[-1]).items():
+        rates[(name, int(batch))].append(rate)
+  lines = ['| XLA_FLAGS | b32 images/s | b128 images/s |',
+           '| --- | ---: | ---: |']
+  base = {b: statistics.median(rates[('defaults', b)]) for b in (32, 128)}
+  for name, flags in XLA_FLAG_CANDIDATES.items():
+    cells = []
+    for batch in (32, 128):
+      rate = statistics.median(rates[(name, batch)])
+      cells.append(f'{rate:.0f} ({rate / base[batch]:.2f}x)')
+    lines.append(f'| {name}: `{flags or "(none)"}` | ' + ' | '.join(cells)
+                 + ' |')
+  print('\n'.join(lines))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({f'{n} b{b}': r for (n, b), r in rates.items()}, f, indent=2)
+
+
+def flags_child(args):
+  """Child of xla_flags: one window per batch size after warm-up."""
+  data = load(args.data_dir)
+  result = {}
+  for batch in (32, 128):
+    runner = contenders.make('trainer', data, batch)
+    runner.run(max(2, args.warmup_images // batch))
+    steps = max(1, args.window_images // batch)
+    result[batch] = steps * batch / contenders.timed(runner.run, steps)
+  print(json.dumps(result))
+
+
 def first_step(args):
   """Child process of `first_step_seconds` for the non-trainer contenders."""
   data = load(args.data_dir)
@@ -452,8 +559,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--mode', default='throughput',
                       choices=['throughput', 'tta', 'dtype', 'input',
-                               'memory', 'first_step', 'reference_epochs',
-                               'read_child'])
+                               'memory', 'xla_flags', 'first_step',
+                               'reference_epochs', 'read_child',
+                               'flags_child', 'contender_child'])
   parser.add_argument('--data_dir', default=DEFAULT_DATA)
   parser.add_argument('--windows', type=int, default=5)
   parser.add_argument('--window_images', type=int, default=12800)
@@ -463,12 +571,16 @@ def main():
   parser.add_argument('--epochs', type=int, default=10)
   parser.add_argument('--config', default='configs/fast.py')
   parser.add_argument('--json', help='also write the table here')
+  parser.add_argument('--out', help='throughput: write the table as '
+                      'OUT.md and OUT.json')
   parser.add_argument('--folder_images', type=int, default=10000)
   parser.add_argument('--loading', default='stream')
   args = parser.parse_args()
   os.chdir(contenders.ROOT)
   {'throughput': throughput, 'tta': time_to_accuracy, 'dtype': compute_dtypes,
-   'input': input_modes, 'memory': peak_memory, 'first_step': first_step,
+   'input': input_modes, 'memory': peak_memory, 'xla_flags': xla_flags,
+   'flags_child': flags_child, 'contender_child': contender_child,
+   'first_step': first_step,
    'reference_epochs': reference_epochs, 'read_child': read_child}[
        args.mode](args)
 

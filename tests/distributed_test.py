@@ -220,7 +220,7 @@ def test_batchnorm_on_four_devices_uses_the_global_batch(tmp_path, data_dir):
               f'--config.num_train_steps={steps}'),
       env=device_env(4), timeout=TIMEOUT)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'batch 8 on 4 devices' in result.stderr
+  assert 'batch 8 on 4 cpu devices' in result.stderr
   assert_close_runs(workdir, reference, steps)
   _, variables = load_params(workdir)
   assert jax.tree.leaves(variables['model_state'])  # Statistics compared.
