@@ -211,6 +211,19 @@ def contender_child(args):
   print(json.dumps(result))
 
 
+def alternate_windows(runners: dict, args) -> dict:
+  """{name: (runner, batch)} -> {name: [images/s per window]}, after a
+  warm-up of each, windows alternating between them."""
+  for runner, batch in runners.values():
+    runner.run(max(2, args.warmup_images // batch))  # Compile, warm up.
+  rates = {name: [] for name in runners}
+  for _ in range(args.windows):
+    for name, (runner, batch) in runners.items():
+      steps = max(1, args.window_images // batch)
+      rates[name].append(steps * batch / contenders.timed(runner.run, steps))
+  return rates
+
+
 def use_trainer_xla_flags():
   """For modes that time only the trainer, in this process."""
   import distributed  # pylint: disable=g-import-not-at-top
@@ -225,17 +238,10 @@ def compute_dtypes(args):
   lineup = [(f'{model} b{batch} {dtype}', model, batch, dtype)
             for model, batch in (('cnn', 32), ('cnn', 128), ('resnet20', 128))
             for dtype in ('float32', 'bfloat16')]
-  runners = {}
-  for name, model, batch, dtype in lineup:
-    runners[name] = contenders.make('trainer', data, batch, model=model,
-                                    model_kwargs={'dtype': dtype})
-    runners[name].run(max(2, args.warmup_images // batch))  # Compile, warm.
-  rates = {name: [] for name in runners}
-  for _ in range(args.windows):
-    for name, _, batch, _ in lineup:
-      steps = max(1, args.window_images // batch)
-      rates[name].append(steps * batch /
-                         contenders.timed(runners[name].run, steps))
+  rates = alternate_windows(
+      {name: (contenders.make('trainer', data, batch, model=model,
+                              model_kwargs={'dtype': dtype}), batch)
+       for name, model, batch, dtype in lineup}, args)
   lines = ['| model, batch, compute | train images/s | vs float32 |',
            '| --- | ---: | ---: |']
   for name, model, batch, dtype in lineup:
@@ -303,16 +309,9 @@ def input_modes(args):
         (f'b{batch} PNG folder decoded into memory', in_memory, batch, {}),
         (f'b{batch} PNG folder streamed (decoded per batch)', streamed, batch,
          {})]
-  runners = {}
-  for name, dataset, batch, kwargs in lineup:
-    runners[name] = contenders.make('trainer', dataset, batch, **kwargs)
-    runners[name].run(max(2, args.warmup_images // batch))
-  rates = {name: [] for name in runners}
-  for _ in range(args.windows):
-    for name, _, batch, _ in lineup:
-      steps = max(1, args.window_images // batch)
-      rates[name].append(steps * batch /
-                         contenders.timed(runners[name].run, steps))
+  rates = alternate_windows(
+      {name: (contenders.make('trainer', dataset, batch, **kwargs), batch)
+       for name, dataset, batch, kwargs in lineup}, args)
   print(f'\n{os.cpu_count()} CPU cores; median of {args.windows} windows of '
         f'{args.window_images} images; folder: {args.folder_images} PNGs '
         f'from Fashion-MNIST\n')
