@@ -531,8 +531,9 @@ def time_to_accuracy(args):
       cwd=contenders.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       text=True)
   reached = None
-  epoch_re = re.compile(r'epoch ([\d.]+) step \d+: .* test loss [\d.]+ acc '
-                        r'([\d.]+)')
+  # The trainer's end-of-epoch log line (train.end_epoch).
+  epoch_re = re.compile(
+      r'epoch ([\d.]+) step \d+: .*\btest_accuracy ([\d.]+)')
   for line in proc.stdout:
     match = epoch_re.search(line)
     if match and reached is None and float(match.group(2)) >= target:
