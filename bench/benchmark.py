@@ -443,6 +443,8 @@ def read_child(args):
 XLA_FLAG_CANDIDATES = {
     'defaults': '',
     'ynn fusion': '--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce',
+    'ynn fusion + convolutions': '--xla_cpu_experimental_ynn_fusion_type='
+                                 'dot,eltwise,reduce,individual_convolution',
 }
 
 
