@@ -22,9 +22,9 @@ class DistributedError(ValueError):
 # XLA CPU flags the trainer adds unless XLA_FLAGS names them already. The
 # YNNPACK fusions run dots, elementwise ops and reductions through XNNPACK's
 # newer kernels: 1.20x-1.29x images/s at batch 32 and 1.56x-1.59x at 128
-# for the quick-start CNN on 2 cores (bench/benchmark.py --mode=xla_flags). They
-# change float rounding, not determinism (README, Performance). GPUs ignore
-# them.
+# for the quick-start CNN on 2 cores (bench/benchmark.py --mode=xla_flags).
+# They change float rounding, not determinism (README, Performance). GPUs
+# ignore them.
 DEFAULT_CPU_XLA_FLAGS = {
     'xla_cpu_experimental_ynn_fusion_type': 'dot,eltwise,reduce',
 }

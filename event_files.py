@@ -2,10 +2,12 @@
 the checkpoint a run resumes.
 
 `SummaryWriter` writes scalars and hyperparameters with tensorboard's own
-pure-Python event writer. A run killed after logging step 1200 but before checkpointing it resumes from
-an earlier step and logs those steps again. Before it does, `truncate_after`
-rewrites the workdir's event files without the events past the restored step,
-so every (tag, step) point appears exactly once.
+pure-Python record writer.
+
+A run killed after logging step 1200 but before checkpointing it resumes
+from an earlier step and logs those steps again. Before it does,
+`truncate_after` rewrites the workdir's event files without the events past
+the restored step, so every (tag, step) point appears exactly once.
 """
 
 import glob

@@ -139,11 +139,11 @@ def throughput(args):
           for kind in ('trainer', 'torch')}
   lines.append('')
   if best['trainer'] and best['torch']:
+    ratio = (best['trainer']['train_images_per_s'] /
+             best['torch']['train_images_per_s'])
     lines.append(
         f'best trainer ({best["trainer"]["contender"]}) / best torch '
-        f'({best["torch"]["contender"]}): '
-        f'{best["trainer"]["train_images_per_s"] / best["torch"]["train_images_per_s"]:.2f}x'
-        f' (target 1.5x)')
+        f'({best["torch"]["contender"]}): {ratio:.2f}x (target 1.5x)')
   if ref and ('trainer', 32) in median:
     lines.append(f'trainer b32 / reference b32: '
                  f'{median[("trainer", 32)] / ref:.2f}x (target 3x)')

@@ -14,14 +14,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
+import distributed  # pylint: disable=wrong-import-position
 
 # The trainer's XLA flags (main.py sets them), before JAX starts.
 distributed.add_default_xla_flags()
 
-import flax.linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def best_seconds(fn, *args, n=50):
