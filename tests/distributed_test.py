@@ -2,10 +2,14 @@
 
 Tolerance: a run on N devices sums each gradient as N per-device partial sums
 followed by an all-reduce, where one device sums the batch in one go. Float32
-addition is not associative, so the parameters differ by a few ulps per step;
-after this test's 96 steps the largest difference measured was 1.2e-7 (on
-weights of magnitude up to 0.84). We allow ATOL = 1e-5, about 100x that, and
-far below any real change (one SGD step moves weights by ~1e-3).
+addition is not associative, so the parameters differ by a few ulps per step,
+and a ReLU input near zero that changes sign amplifies that. After this
+test's 96 steps the largest difference measured was 1.2e-7 with XLA's
+default CPU kernels and 3.0e-5 (2 processes x 2 devices) with the YNNPACK
+fusions the trainer turns on, whose kernels round differently for each
+per-device batch shape. We allow ATOL = 1e-4: above those, and below a
+single SGD step's change to the weights (~1e-3), which is what a wrong data
+slice or a missing all-reduce would change in every step's update.
 """
 
 import json
@@ -25,7 +29,7 @@ import conftest
 import distributed
 import train
 
-ATOL = 1e-5
+ATOL = 1e-4
 STATS_RTOL = 1e-4
 METRIC_RTOL = 1e-4
 TIMEOUT = 300
@@ -165,7 +169,7 @@ def test_checkpoint_restores_on_another_device_count(tmp_path, data_dir,
   resumed = run(workdir, data_dir, devices=after)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resumed from step' in resumed.stderr
-  assert f'on {after} devices' in resumed.stderr
+  assert f'on {after} cpu devices' in resumed.stderr
   assert_close_runs(workdir, reference)
 
 
