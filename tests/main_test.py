@@ -156,6 +156,19 @@ def test_cli_bad_config_one_line_exit_2(finished_run, data_dir, args,
   assert conftest.snapshot(finished_run) == before
 
 
+def test_cli_unreadable_image_is_named_before_training(tmp_path):
+  folder = conftest.make_image_folder(str(tmp_path / 'images'))
+  bad = os.path.join(folder, 'train', 'dog', 'photo.jpg')
+  with open(bad, 'wb') as f:
+    f.write(b'not a jpeg')
+  workdir = str(tmp_path / 'w')
+  result = run_main(workdir, *tiny_args(folder, '--config.dataset=custom'))
+  assert_one_error_line(result, f'1 unreadable image file(s) under {folder}: '
+                        f'{bad} (')
+  assert 'skip_bad_images' in conftest.error_lines(result.stderr)[0]
+  assert not os.path.exists(workdir)  # Refused before anything was made.
+
+
 @pytest.mark.parametrize('text,expected', [
     (None, 'No such file or directory'),
     ('def get_config(:\n', 'line 1: invalid syntax'),

@@ -32,6 +32,11 @@ from configs import default
     ('ema_decay', -0.1, 'ema_decay must be in [0, 1), got -0.1'),
     ('label_smoothing', 1.5, 'label_smoothing must be in [0, 1)'),
     ('eval_with_ema', True, 'eval_with_ema needs ema_decay > 0'),
+    ('validation_fraction', 1.0, 'validation_fraction must be in [0, 1)'),
+    ('channels', 2, 'channels must be 0 (from the first image), 1'),
+    ('image_size', -1, 'image_size must be >= 0, got -1'),
+    ('data_loading', 'disk', "unknown data_loading 'disk'; accepted: auto, "
+                             "memory, stream"),
 ])
 def test_bad_value_is_named(key, value, match):
   config = default.get_config()
@@ -91,3 +96,11 @@ def test_every_table_name_is_in_the_readme():
                 optimizers.LR_SCHEDULES):
     for name in table:
       assert f'`{name}`' in readme, name
+
+
+def test_data_on_device_needs_one_process():
+  config = default.get_config()
+  config.data_on_device = True
+  run_config.validate_config(config, device_count=1, process_count=1)
+  with pytest.raises(run_config.ConfigError, match='works in one process'):
+    run_config.validate_config(config, device_count=2, process_count=2)
