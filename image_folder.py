@@ -131,7 +131,7 @@ class FolderSplit:
         # The scan opened this file before training; only damage deeper in
         # the pixel data (or a change on disk since) gets here.
         raise BadImagesError(
-            f'{path}: cannot decode ({_first_line(e)}), though its header '
+            f'{path}: cannot decode ({first_line(e)}), though its header '
             f'was readable when the run started; remove or fix it') from e
     return images, self.labels[np.asarray(indices)]
 
@@ -143,8 +143,9 @@ class FolderSplit:
     return zlib.crc32(self.labels.tobytes(), crc)
 
 
-def _first_line(e: BaseException) -> str:
-  return (str(e).splitlines() or [type(e).__name__])[0][:160]
+def first_line(e: BaseException, limit: int = 160) -> str:
+  """An error's message for a one-line report: its first line, cut."""
+  return (str(e).splitlines() or [type(e).__name__])[0][:limit]
 
 
 def _list_split(split_dir: str, class_names: Optional[Sequence[str]]):
@@ -268,7 +269,7 @@ def _check(path: str) -> Optional[str]:
     return None
   except Exception as e:  # pylint: disable=broad-except
     # PIL raises many types for unreadable or non-image files.
-    return _first_line(e)
+    return first_line(e)
 
 
 def decode_all(split: FolderSplit) -> np.ndarray:

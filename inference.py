@@ -197,7 +197,7 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
     except Exception as e:  # pylint: disable=broad-except
       # PIL raises many types for unreadable or non-image files.
       failed.append(path)
-      detail = (str(e).splitlines() or [type(e).__name__])[0][:120]
+      detail = image_folder.first_line(e, 120)
       results[path] = (f'{path}: error: cannot read image ({detail}); '
                        f'accepted: PNG, JPEG, GIF and other formats PIL '
                        f'reads, up to '

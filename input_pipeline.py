@@ -346,10 +346,6 @@ def load_tfds(name: str, data_dir: Optional[str],
   return _tfds_dataset(builder, name, splits, 'in memory')
 
 
-def _first_line(e: BaseException) -> str:
-  return (str(e).splitlines() or [type(e).__name__])[0][:160]
-
-
 def _tfds_dataset(builder, name, splits, how) -> Dataset:
   label = builder.info.features['label']
   return Dataset(train=splits['train'], test=splits['test'],
@@ -503,12 +499,30 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def train_batch_indices(num_examples: int, batch_size: int, seed: int,
-                        step: int) -> np.ndarray:
-  """Indices of the global training batch of `step` (counting from 0)."""
+                        start_step: int = 0, process_index: int = 0,
+                        process_count: int = 1) -> Callable[[int], np.ndarray]:
+  """indices(i): the examples of step start_step + i for this process.
+
+  A function of (seed, step) only: each epoch is a permutation of its own
+  (the last two are cached), cut into full global batches of `batch_size`;
+  process p takes the p-th contiguous slice, so the global batch is the same
+  whatever the process count.
+  """
   per_epoch = steps_per_epoch(num_examples, batch_size)
-  epoch, index = divmod(step, per_epoch)
-  perm = epoch_permutation(num_examples, seed, epoch)
-  return perm[index * batch_size:(index + 1) * batch_size]
+  if per_epoch == 0:
+    raise ValueError(f'batch_size {batch_size} is larger than the training '
+                     f'set ({num_examples} examples)')
+  local = batch_size // process_count
+  lo = process_index * local
+  permutation = functools.lru_cache(maxsize=2)(
+      lambda epoch: epoch_permutation(num_examples, seed, epoch))
+
+  def indices(i):
+    epoch, index = divmod(start_step + i, per_epoch)
+    start = index * batch_size + lo
+    return permutation(epoch)[start:start + local]
+
+  return indices
 
 
 def in_memory(split) -> bool:
@@ -553,22 +567,9 @@ def train_batches(split, batch_size: int, seed: int, start_step: int,
     process_count: number of processes; must divide batch_size.
     threads: read-ahead threads for splits not in memory (0: none).
   """
-  n = len(split)
-  per_epoch = steps_per_epoch(n, batch_size)
-  if per_epoch == 0:
-    raise ValueError(f'batch_size {batch_size} is larger than the training '
-                     f'set ({n} examples)')
-  local = batch_size // process_count
-  lo = process_index * local
-  permutation = functools.lru_cache(maxsize=2)(
-      lambda epoch: epoch_permutation(n, seed, epoch))
-
-  def batch_indices(i):
-    epoch, index = divmod(start_step + i, per_epoch)
-    start = index * batch_size + lo
-    return permutation(epoch)[start:start + local]
-
-  return _read_batches(split, batch_indices, num_steps, threads)
+  indices = train_batch_indices(len(split), batch_size, seed, start_step,
+                                process_index, process_count)
+  return _read_batches(split, indices, num_steps, threads)
 
 
 def eval_batches(split, batch_size: int, process_index: int = 0,
@@ -589,11 +590,10 @@ def eval_batches(split, batch_size: int, process_index: int = 0,
     start = i * batch_size + lo
     return np.arange(start, min(start + local, n))
 
-  for indices, (images, labels) in zip(
-      (batch_indices(i) for i in range(-(-n // batch_size))),
-      _read_batches(split, batch_indices, -(-n // batch_size), threads)):
+  for images, labels in _read_batches(split, batch_indices,
+                                      -(-n // batch_size), threads):
     mask = np.ones(local, bool)
-    valid = len(indices)
+    valid = len(labels)
     if valid < local:
       pad = local - valid
       images = np.concatenate(
@@ -605,7 +605,8 @@ def eval_batches(split, batch_size: int, process_index: int = 0,
 
 def prefetch(batches: Iterator[tuple], put: Callable[..., tuple],
              size: int = 2) -> Iterator[tuple]:
-  """put(*batch) for each batch, `size` batches ahead of the consumer.
+  """put(*batch) for each batch, `size` batches ahead of the consumer (0:
+  each put just before it is used).
 
   `put` starts an asynchronous transfer to the devices, so the next batches
   travel while the current step runs. (flax.jax_utils.prefetch_to_device

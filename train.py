@@ -295,8 +295,6 @@ def train_inputs(config: ml_collections.ConfigDict, split, start_step: int,
       split, config.batch_size, config.seed, start_step, num_steps,
       jax.process_index(), jax.process_count(),
       threads=input_pipeline.READ_THREADS)
-  if not config.prefetch_batches:
-    return (mesh.put_batch(*batch) for batch in batches)
   return input_pipeline.prefetch(batches, mesh.put_batch,
                                  config.prefetch_batches)
 
@@ -314,10 +312,10 @@ def _gather_on_device(split, batch_size: int, seed: int, start_step: int,
   gather = jax.jit(lambda x, y, i: (x[i], y[i]),
                    out_shardings=(mesh.batch, mesh.batch))
   # Indices only: the host's work per step is a slice of a permutation.
-  for indices, _ in input_pipeline.train_batches(
-      input_pipeline.Split(np.arange(len(split)), np.zeros(len(split))),
-      batch_size, seed, start_step, num_steps):
-    yield gather(images, labels, jax.device_put(indices, mesh.batch))
+  indices = input_pipeline.train_batch_indices(len(split), batch_size, seed,
+                                               start_step)
+  for i in range(num_steps):
+    yield gather(images, labels, jax.device_put(indices(i), mesh.batch))
 
 
 def _to_float_dict(collection: metrics.Collection) -> dict:

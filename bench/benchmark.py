@@ -179,18 +179,25 @@ def trainer_xla_flags() -> str:
       os.environ['XLA_FLAGS'] = saved
 
 
-def contender_window(kind, args) -> dict:
-  """One timed window per batch size of `kind`, in a fresh process: the
-  trainer with the XLA flags main.py sets, the others with XLA's defaults
-  (as their users run them). {batch: (train images/s, eval images/s)}."""
+def contender_window(kind, args, xla_flags=None, batches=None,
+                     evaluate=True) -> dict:
+  """One timed window per batch size of `kind`, in a fresh process: by
+  default the trainer with the XLA flags main.py sets, the others with XLA's
+  defaults (as their users run them). {batch: (train images/s, eval
+  images/s or None)}."""
   env = dict(os.environ)
-  if kind == 'trainer':
+  if xla_flags is not None:
+    env['XLA_FLAGS'] = xla_flags
+  elif kind == 'trainer':
     env['XLA_FLAGS'] = trainer_xla_flags()
+  batches = batches or KIND_BATCHES[kind]
   proc = subprocess.run(
       [sys.executable, os.path.join('bench', 'benchmark.py'),
        '--mode=contender_child', f'--contender={kind}',
        f'--data_dir={args.data_dir}', f'--window_images={args.window_images}',
-       f'--warmup_images={args.warmup_images}'], cwd=contenders.ROOT,
+       f'--warmup_images={args.warmup_images}',
+       f'--batches={",".join(map(str, batches))}',
+       f'--evaluate={int(evaluate)}'], cwd=contenders.ROOT,
       env=env, capture_output=True, text=True, check=True)
   result = json.loads(proc.stdout.splitlines()[-1])
   return {int(b): tuple(v) for b, v in result.items()}
@@ -200,14 +207,17 @@ def contender_child(args):
   """Child of contender_window."""
   data = load(args.data_dir)
   result = {}
-  for batch in KIND_BATCHES[args.contender]:
+  for batch in map(int, args.batches.split(',')):
     runner = contenders.make(args.contender, data, batch)
     runner.run(max(2, args.warmup_images // batch))  # Compile, warm up.
     steps = max(1, args.window_images // batch)
     rate = steps * batch / contenders.timed(runner.run, steps)
-    runner.evaluate()  # Compile.
-    seconds = min(contenders.timed(runner.evaluate) for _ in range(3))
-    result[batch] = (rate, len(data.test) / seconds)
+    eval_rate = None
+    if args.evaluate:
+      runner.evaluate()  # Compile.
+      seconds = min(contenders.timed(runner.evaluate) for _ in range(3))
+      eval_rate = len(data.test) / seconds
+    result[batch] = (rate, eval_rate)
   print(json.dumps(result))
 
 
@@ -455,15 +465,10 @@ def xla_flags(args):
            for batch in (32, 128)}
   for _ in range(args.windows):
     for name, flags in XLA_FLAG_CANDIDATES.items():
-      env = dict(os.environ, XLA_FLAGS=flags)
-      proc = subprocess.run(
-          [sys.executable, os.path.join('bench', 'benchmark.py'),
-           '--mode=flags_child', f'--data_dir={args.data_dir}',
-           f'--window_images={args.window_images}',
-           f'--warmup_images={args.warmup_images}'], cwd=contenders.ROOT,
-          env=env, capture_output=True, text=True, check=True)
-      for batch, rate in json.loads(proc.stdout.splitlines()[-1]).items():
-        rates[(name, int(batch))].append(rate)
+      for batch, (rate, _) in contender_window(
+          'trainer', args, xla_flags=flags, batches=(32, 128),
+          evaluate=False).items():
+        rates[(name, batch)].append(rate)
   lines = ['| XLA_FLAGS | b32 images/s | b128 images/s |',
            '| --- | ---: | ---: |']
   base = {b: statistics.median(rates[('defaults', b)]) for b in (32, 128)}
@@ -478,18 +483,6 @@ def xla_flags(args):
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({f'{n} b{b}': r for (n, b), r in rates.items()}, f, indent=2)
-
-
-def flags_child(args):
-  """Child of xla_flags: one window per batch size after warm-up."""
-  data = load(args.data_dir)
-  result = {}
-  for batch in (32, 128):
-    runner = contenders.make('trainer', data, batch)
-    runner.run(max(2, args.warmup_images // batch))
-    steps = max(1, args.window_images // batch)
-    result[batch] = steps * batch / contenders.timed(runner.run, steps)
-  print(json.dumps(result))
 
 
 def first_step(args):
@@ -563,7 +556,7 @@ def main():
                       choices=['throughput', 'tta', 'dtype', 'input',
                                'memory', 'xla_flags', 'first_step',
                                'reference_epochs', 'read_child',
-                               'flags_child', 'contender_child'])
+                               'contender_child'])
   parser.add_argument('--data_dir', default=DEFAULT_DATA)
   parser.add_argument('--windows', type=int, default=5)
   parser.add_argument('--window_images', type=int, default=12800)
@@ -577,11 +570,15 @@ def main():
                       'OUT.md and OUT.json')
   parser.add_argument('--folder_images', type=int, default=10000)
   parser.add_argument('--loading', default='stream')
+  parser.add_argument('--batches', help='contender_child: batch sizes, '
+                      'comma-separated')
+  parser.add_argument('--evaluate', type=int, default=1,
+                      help='contender_child: also time evaluation')
   args = parser.parse_args()
   os.chdir(contenders.ROOT)
   {'throughput': throughput, 'tta': time_to_accuracy, 'dtype': compute_dtypes,
    'input': input_modes, 'memory': peak_memory, 'xla_flags': xla_flags,
-   'flags_child': flags_child, 'contender_child': contender_child,
+   'contender_child': contender_child,
    'first_step': first_step,
    'reference_epochs': reference_epochs, 'read_child': read_child}[
        args.mode](args)

@@ -156,16 +156,19 @@ def test_cli_bad_config_one_line_exit_2(finished_run, data_dir, args,
   assert conftest.snapshot(finished_run) == before
 
 
-def test_cli_unreadable_image_is_named_before_training(tmp_path):
+def test_unreadable_image_is_named_before_anything_is_made(tmp_path):
+  # In-process: the CLI's mapping of DataError to one line and exit 2 is
+  # tested above (a missing data_dir).
   folder = conftest.make_image_folder(str(tmp_path / 'images'))
   bad = os.path.join(folder, 'train', 'dog', 'photo.jpg')
   with open(bad, 'wb') as f:
     f.write(b'not a jpeg')
   workdir = str(tmp_path / 'w')
-  result = run_main(workdir, *tiny_args(folder, '--config.dataset=custom'))
-  assert_one_error_line(result, f'1 unreadable image file(s) under {folder}: '
-                        f'{bad} (')
-  assert 'skip_bad_images' in conftest.error_lines(result.stderr)[0]
+  with pytest.raises(input_pipeline.DataError) as e:
+    train.train_and_evaluate(tiny_config(folder, dataset='custom'), workdir)
+  message = str(e.value)
+  assert '\n' not in message and 'skip_bad_images' in message
+  assert f'1 unreadable image file(s) under {folder}: {bad} (' in message
   assert not os.path.exists(workdir)  # Refused before anything was made.
 
 
