@@ -1,6 +1,7 @@
 """Command-line parsing shared by main.py and sweep.py: every bad flag or
 config file becomes one `error: ...` line and exit status 2."""
 
+import os
 import re
 import sys
 
@@ -9,9 +10,27 @@ from absl import flags
 FLAGS = flags.FLAGS
 
 
+def print_line(line: str):
+  """Writes `line` to stderr in one write, so it stays a line of its own.
+
+  After a failed checkpoint write, Orbax's and TensorStore's threads print
+  tracebacks piece by piece through sys.stderr; a line printed there could
+  land in the middle of one. One os.write of the whole line cannot be split
+  (pipes keep writes under 4 KiB whole), and a piece another thread has
+  buffered comes out after it, still whole.
+  """
+  try:
+    fd = sys.stderr.fileno()
+  except (AttributeError, OSError, ValueError):  # Replaced, as by pytest.
+    sys.stderr.write(line + '\n')
+    sys.stderr.flush()
+    return
+  os.write(fd, (line + '\n').encode(errors='replace'))
+
+
 def fail(message: str):
   """Prints `error: message` and exits with status 2 (bad input)."""
-  print(f'error: {message}', file=sys.stderr)
+  print_line(f'error: {message}')
   sys.exit(2)
 
 

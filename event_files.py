@@ -20,9 +20,10 @@ from typing import Any, Mapping, Optional
 from absl import logging
 from clu.internal import utils as clu_utils
 import numpy as np
-from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
 from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.tensorflow_stub import errors as record_errors
+from tensorboard.compat.tensorflow_stub import pywrap_tensorflow as records
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.summary.writer import record_writer
@@ -99,9 +100,32 @@ def event_paths(logdir: str) -> list[str]:
   return sorted(glob.glob(os.path.join(logdir, 'events.out.tfevents.*')))
 
 
+def raw_records(path: str):
+  """Yields the serialized events of one file, up to a partial record (a
+  kill mid-write) or a corrupt one, where it stops.
+
+  tensorboard's own loaders read records through TensorFlow whenever it is
+  installed (tfds brings it), and importing it costs about 4.6 s of each
+  resume; this uses tensorboard's pure-Python record reader instead.
+  """
+  reader = records.PyRecordReader_New(path)
+  try:
+    while True:
+      try:
+        reader.GetNext()
+      except record_errors.OutOfRangeError:  # The end of the file.
+        return
+      except record_errors.DataLossError as e:
+        logging.info('Stopped reading %s at a damaged record: %s', path,
+                        e.message)
+        return
+      yield reader.record()
+  finally:
+    reader.file_handle.close()
+
+
 def read_events(path: str) -> list[event_pb2.Event]:
-  # Partially written trailing records (a kill mid-write) are skipped.
-  return list(event_file_loader.EventFileLoader(path).Load())
+  return [event_pb2.Event.FromString(r) for r in raw_records(path)]
 
 
 def truncate_after(logdir: str, step: int) -> int:
@@ -112,7 +136,7 @@ def truncate_after(logdir: str, step: int) -> int:
   """
   dropped = 0
   for path in event_paths(logdir):
-    raw = list(event_file_loader.RawEventFileLoader(path).Load())
+    raw = list(raw_records(path))
     keep = [r for r in raw if event_pb2.Event.FromString(r).step <= step]
     if len(keep) == len(raw):
       continue

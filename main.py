@@ -136,10 +136,10 @@ def main(argv):
           workdir_lock.WorkdirBusy) as e:
     cli.fail(str(e))
   except (train.DivergenceError, checkpointing.CheckpointError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    cli.print_line(f'error: {e}')
     sys.exit(1)
   except train.Preempted as e:
-    print(f'preempted: {e}', file=sys.stderr)
+    cli.print_line(f'preempted: {e}')
     sys.exit(train.EXIT_PREEMPTED)
 
 if __name__ == '__main__':

@@ -27,6 +27,8 @@ from typing import Any, Optional, Sequence
 
 import ml_collections
 
+import cli
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MAIN = os.path.join(ROOT, 'main.py')
 # As train.EXIT_PREEMPTED; not imported, to keep JAX out of this process.
@@ -472,7 +474,7 @@ def sweep_and_report(workdir, config, config_file, fixed, specs, sweep_file,
     check_options(workdir, parallel, visible_devices)
     check_recorded_configs(workdir, config, trials)
   except SweepError as e:
-    print(f'error: {e}', file=sys.stderr)
+    cli.print_line(f'error: {e}')
     return 2
   os.makedirs(workdir, exist_ok=True)
   print(f'[sweep] {len(trials)} trials in {workdir}', flush=True)

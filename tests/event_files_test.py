@@ -66,12 +66,15 @@ def test_summary_writer_writes_scalars_and_hparams(tmp_path):
 
 
 def test_training_imports_no_tensorflow():
-  # TensorFlow takes seconds to import; the IDX and image-folder routes and
-  # the metric writer must not pull it in.
+  # TensorFlow takes seconds to import; the IDX and image-folder routes, the
+  # metric writer and a resume's cutting back of event files must not pull
+  # it in.
   result = conftest.run_python(['-c', (
       'import sys, train, inference, event_files, tempfile; '
-      'event_files.SummaryWriter(tempfile.mkdtemp()).write_scalars(1, '
-      '{"a": 1.0}); print(sorted(m for m in sys.modules '
+      'd = tempfile.mkdtemp(); w = event_files.SummaryWriter(d); '
+      'w.write_scalars(1, {"a": 1.0}); w.write_scalars(2, {"a": 2.0}); '
+      'w.close(); assert event_files.truncate_after(d, 1) == 1; '
+      'print(sorted(m for m in sys.modules '
       'if m.split(".")[0] == "tensorflow"))')])
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip() == '[]'
