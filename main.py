@@ -97,6 +97,7 @@ def main(argv):
     # pylint: disable=g-import-not-at-top
     import checkpointing
     import distributed
+    import host_memory
     import inference
     import input_pipeline
     import optimizers
@@ -107,6 +108,10 @@ def main(argv):
   if added:
     logging.info('XLA_FLAGS: added %s (faster on CPU; another value in '
                  'XLA_FLAGS overrides it)', ' '.join(added))
+  kept = host_memory.keep_freed_memory()
+  if kept:
+    logging.info('malloc keeps freed memory in the process (%s; faster on '
+                 'CPU; any MALLOC_*_ variable turns this off)', kept)
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)

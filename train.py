@@ -30,6 +30,7 @@ import checkpointing
 import distributed
 import event_files
 import faults
+import host_memory
 import input_pipeline
 import models
 import optimizers
@@ -749,10 +750,12 @@ def _write_results(workdir, config, dataset, progress: Progress, state, mesh,
       'train_images_per_second':
           total_steps * config.batch_size / max(progress.train_seconds, 1e-9),
       'history': progress.history, 'config': config.to_dict(),
-      # What else shaped the numbers: the backend and XLA's flags.
+      # What else shaped the speed: the backend, XLA's flags, malloc's
+      # settings (host_memory).
       'runtime': {'backend': jax.default_backend(),
                   'devices': jax.device_count(),
-                  'xla_flags': os.environ.get('XLA_FLAGS', '')},
+                  'xla_flags': os.environ.get('XLA_FLAGS', ''),
+                  'malloc': host_memory.applied or 'unchanged'},
   }
   test_images, _, _ = next(input_pipeline.eval_batches(
       dataset.test, eval_batch_size, jax.process_index(),

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -102,7 +103,8 @@ def throughput(args):
   rates, eval_rates = {}, {}
   for _ in range(args.windows):
     for kind in kinds:
-      for batch, (rate, eval_rate) in contender_window(kind, args).items():
+      for batch, (rate, eval_rate, _) in contender_window(
+          kind, args).items():
         rates.setdefault((kind, batch), []).append(rate)
         eval_rates[(kind, batch)] = eval_rate
   peak = peak_flops()
@@ -124,7 +126,8 @@ def throughput(args):
       f'{peak / 1e9:.1f} GFLOP/s; CNN training {flops / 1e6:.1f} MFLOP per '
       f'image (XLA cost analysis); median of {args.windows} windows of '
       f'{args.window_images} images; trainer XLA_FLAGS: '
-      f'{trainer_xla_flags() or "(none)"}', '',
+      f'{trainer_xla_flags() or "(none)"}; trainer malloc: freed memory '
+      f'kept (host_memory)', '',
       '| contender | train images/s | vs reference | % of peak | '
       'eval images/s | process start to first step (s) |',
       '| --- | ---: | ---: | ---: | ---: | ---: |']
@@ -180,16 +183,18 @@ def trainer_xla_flags() -> str:
 
 
 def contender_window(kind, args, xla_flags=None, batches=None,
-                     evaluate=True) -> dict:
+                     evaluate=True, keep_freed_memory=True,
+                     env_extra=None) -> dict:
   """One timed window per batch size of `kind`, in a fresh process: by
-  default the trainer with the XLA flags main.py sets, the others with XLA's
-  defaults (as their users run them). {batch: (train images/s, eval
-  images/s or None)}."""
+  default the trainer with the XLA flags and malloc settings main.py sets,
+  the others with XLA's and glibc's defaults (as their users run them).
+  {batch: (train images/s, eval images/s or None, page faults per step)}."""
   env = dict(os.environ)
   if xla_flags is not None:
     env['XLA_FLAGS'] = xla_flags
   elif kind == 'trainer':
     env['XLA_FLAGS'] = trainer_xla_flags()
+  env.update(env_extra or {})
   batches = batches or KIND_BATCHES[kind]
   proc = subprocess.run(
       [sys.executable, os.path.join('bench', 'benchmark.py'),
@@ -197,7 +202,8 @@ def contender_window(kind, args, xla_flags=None, batches=None,
        f'--data_dir={args.data_dir}', f'--window_images={args.window_images}',
        f'--warmup_images={args.warmup_images}',
        f'--batches={",".join(map(str, batches))}',
-       f'--evaluate={int(evaluate)}'], cwd=contenders.ROOT,
+       f'--evaluate={int(evaluate)}',
+       f'--keep_freed_memory={int(keep_freed_memory)}'], cwd=contenders.ROOT,
       env=env, capture_output=True, text=True, check=True)
   result = json.loads(proc.stdout.splitlines()[-1])
   return {int(b): tuple(v) for b, v in result.items()}
@@ -205,19 +211,25 @@ def contender_window(kind, args, xla_flags=None, batches=None,
 
 def contender_child(args):
   """Child of contender_window."""
+  if args.contender == 'trainer' and args.keep_freed_memory:  # As main.py.
+    import host_memory  # pylint: disable=g-import-not-at-top
+    host_memory.keep_freed_memory()
   data = load(args.data_dir)
   result = {}
   for batch in map(int, args.batches.split(',')):
     runner = contenders.make(args.contender, data, batch)
     runner.run(max(2, args.warmup_images // batch))  # Compile, warm up.
     steps = max(1, args.window_images // batch)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     rate = steps * batch / contenders.timed(runner.run, steps)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
+              faults) / steps
     eval_rate = None
     if args.evaluate:
       runner.evaluate()  # Compile.
       seconds = min(contenders.timed(runner.evaluate) for _ in range(3))
       eval_rate = len(data.test) / seconds
-    result[batch] = (rate, eval_rate)
+    result[batch] = (rate, eval_rate, faults)
   print(json.dumps(result))
 
 
@@ -235,9 +247,12 @@ def alternate_windows(runners: dict, args) -> dict:
 
 
 def use_trainer_xla_flags():
-  """For modes that time only the trainer, in this process."""
+  """For modes that time only the trainer, in this process: main.py's XLA
+  flags and malloc settings."""
   import distributed  # pylint: disable=g-import-not-at-top
+  import host_memory  # pylint: disable=g-import-not-at-top
   distributed.add_default_xla_flags()
+  host_memory.keep_freed_memory()
 
 
 def compute_dtypes(args):
@@ -465,7 +480,7 @@ def xla_flags(args):
            for batch in (32, 128)}
   for _ in range(args.windows):
     for name, flags in XLA_FLAG_CANDIDATES.items():
-      for batch, (rate, _) in contender_window(
+      for batch, (rate, _, _) in contender_window(
           'trainer', args, xla_flags=flags, batches=(32, 128),
           evaluate=False).items():
         rates[(name, batch)].append(rate)
@@ -479,6 +494,50 @@ def xla_flags(args):
       cells.append(f'{rate:.0f} ({rate / base[batch]:.2f}x)')
     lines.append(f'| {name}: `{flags or "(none)"}` | ' + ' | '.join(cells)
                  + ' |')
+  print('\n'.join(lines))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({f'{n} b{b}': r for (n, b), r in rates.items()}, f, indent=2)
+
+
+# glibc's environment variables for what host_memory sets with mallopt, for
+# the PyTorch rows of --mode=malloc.
+GLIBC_KEEP_FREED_MEMORY = {'MALLOC_MMAP_MAX_': '0',
+                           'MALLOC_TRIM_THRESHOLD_': str(2**31 - 1)}
+
+
+def malloc_settings(args):
+  """Images/s and page faults per step with glibc's malloc as it comes and
+  set to keep freed memory: the trainer as main.py sets it (host_memory),
+  PyTorch through glibc's environment variables. Each window in a fresh
+  process, alternating."""
+  batches = (32, 128, 512)
+  modes = {
+      'trainer, glibc defaults': ('trainer', False, None),
+      'trainer, freed memory kept (main.py)': ('trainer', True, None),
+      'torch, glibc defaults': ('torch', False, None),
+      'torch, freed memory kept (MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_)':
+          ('torch', False, GLIBC_KEEP_FREED_MEMORY)}
+  rates = {(name, b): [] for name in modes for b in batches}
+  faults = {}
+  for _ in range(args.windows):
+    for name, (kind, keep, env) in modes.items():
+      for batch, (rate, _, per_step) in contender_window(
+          kind, args, batches=batches, evaluate=False,
+          keep_freed_memory=keep, env_extra=env).items():
+        rates[(name, batch)].append(rate)
+        faults.setdefault((name, batch), []).append(per_step)
+  lines = ['| contender, malloc | ' + ' | '.join(
+      f'b{b} images/s (page faults per step)' for b in batches) + ' |',
+           '| --- |' + ' ---: |' * len(batches)]
+  for name, (kind, _, _) in modes.items():
+    cells = []
+    for b in batches:
+      rate = statistics.median(rates[(name, b)])
+      base = statistics.median(rates[(f'{kind}, glibc defaults', b)])
+      cells.append(f'{rate:,.0f} ({rate / base:.2f}x; '
+                   f'{statistics.median(faults[(name, b)]):,.0f})')
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   print('\n'.join(lines))
   if args.json:
     with open(args.json, 'w') as f:
@@ -554,7 +613,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--mode', default='throughput',
                       choices=['throughput', 'tta', 'dtype', 'input',
-                               'memory', 'xla_flags', 'first_step',
+                               'memory', 'xla_flags', 'malloc',
+                               'first_step',
                                'reference_epochs', 'read_child',
                                'contender_child'])
   parser.add_argument('--data_dir', default=DEFAULT_DATA)
@@ -574,10 +634,14 @@ def main():
                       'comma-separated')
   parser.add_argument('--evaluate', type=int, default=1,
                       help='contender_child: also time evaluation')
+  parser.add_argument('--keep_freed_memory', type=int, default=1,
+                      help='contender_child: the trainer with main.py\'s '
+                      'malloc settings')
   args = parser.parse_args()
   os.chdir(contenders.ROOT)
   {'throughput': throughput, 'tta': time_to_accuracy, 'dtype': compute_dtypes,
    'input': input_modes, 'memory': peak_memory, 'xla_flags': xla_flags,
+   'malloc': malloc_settings,
    'contender_child': contender_child,
    'first_step': first_step,
    'reference_epochs': reference_epochs, 'read_child': read_child}[

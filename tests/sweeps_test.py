@@ -439,6 +439,9 @@ def test_sweep_runs_resumes_and_reports(tmp_path, data_dir):
   summary = json.load(open(os.path.join(trial_dir, 'summary.json')))
   assert summary['config']['learning_rate'] == 0.05
   assert summary['config']['num_train_steps'] == 16
+  # main.py's speed settings are recorded (distributed, host_memory).
+  assert 'ynn_fusion_type' in summary['runtime']['xla_flags']
+  assert summary['runtime']['malloc'].startswith('glibc mallopt')
 
   # Again: nothing is retrained.
   mtime = os.path.getmtime(os.path.join(trial_dir, 'summary.json'))

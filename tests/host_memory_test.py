@@ -1,0 +1,53 @@
+"""Tests for host_memory.py: freed memory stays in the process."""
+
+import os
+import subprocess
+import sys
+
+import conftest
+import host_memory
+
+# Mallocs, fills and frees 100 MB (as XLA does with a step's buffers), then
+# counts the page faults of doing it again. (Not numpy: it asks the kernel
+# for huge pages, which hides the faults.)
+REUSE = """
+import ctypes, resource, sys
+if sys.argv[1] == 'keep':
+  import host_memory
+  assert host_memory.keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def fill_and_free():
+  block = libc.malloc(100 << 20)
+  ctypes.memset(block, 1, 100 << 20)
+  libc.free(block)
+fill_and_free()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+fill_and_free()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_freed_memory_is_reused_without_page_faults():
+  faults = {}
+  for mode in ('default', 'keep'):
+    env = {k: v for k, v in os.environ.items()
+           if k not in host_memory.USER_SETTINGS and k != 'GLIBC_TUNABLES'}
+    result = subprocess.run([sys.executable, '-c', REUSE, mode],
+                            cwd=conftest.ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    faults[mode] = int(result.stdout.split()[-1])
+  # 100 MB is 25,600 pages of 4 KiB: glibc unmaps the block and the kernel
+  # faults every page in again, unless the memory is kept.
+  assert faults['default'] > 20_000, faults
+  assert faults['keep'] < 1_000, faults
+
+
+def test_a_malloc_setting_in_the_environment_wins(monkeypatch):
+  monkeypatch.setenv('MALLOC_TRIM_THRESHOLD_', '1000000')
+  assert host_memory.keep_freed_memory() is None
+  monkeypatch.delenv('MALLOC_TRIM_THRESHOLD_')
+  monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.trim_threshold=1000000')
+  assert host_memory.keep_freed_memory() is None
