@@ -24,9 +24,12 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
     tempfile.gettempdir(), 'trainer-tests-jax-cache'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
-# In-process runs use the XLA flags main.py adds, as users' runs do.
+# In-process runs use the XLA flags and malloc settings main.py sets, as
+# users' runs do (summary.json's `runtime` then matches theirs).
 import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
+import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 distributed.add_default_xla_flags()
+host_memory.keep_freed_memory()
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
