@@ -30,7 +30,7 @@ _NEVER_TRIM = 2**31 - 1
 # Settings a user may have made for glibc's malloc in the environment; any
 # of them means they tune it themselves.
 USER_SETTINGS = ('MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',
-                  'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TOP_PAD_', 'LD_PRELOAD')
+                 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TOP_PAD_', 'LD_PRELOAD')
 
 # What keep_freed_memory set in this process (for summary.json), or None.
 applied: Optional[str] = None
