@@ -27,6 +27,12 @@ _M_MMAP_MAX = -4
 # this; mallopt takes an int, so this is the largest value it accepts.
 _NEVER_TRIM = 2**31 - 1
 
+# The same two settings as glibc's environment variables, for processes
+# that cannot call keep_freed_memory (bench/benchmark.py --mode=malloc sets
+# them for PyTorch).
+ENVIRONMENT = {'MALLOC_MMAP_MAX_': '0',
+               'MALLOC_TRIM_THRESHOLD_': str(_NEVER_TRIM)}
+
 # Settings a user may have made for glibc's malloc in the environment; any
 # of them means they tune it themselves.
 USER_SETTINGS = ('MALLOC_MMAP_MAX_', 'MALLOC_TRIM_THRESHOLD_',

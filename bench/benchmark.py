@@ -476,75 +476,69 @@ XLA_FLAG_CANDIDATES = {
 }
 
 
-def xla_flags(args):
-  """Trainer images/s under each XLA_FLAGS candidate, each in a fresh
-  process (XLA reads its flags once), rounds alternating A B A B ..."""
-  rates = {(name, batch): [] for name in XLA_FLAG_CANDIDATES
-           for batch in (32, 128)}
+def compare_windows(variants: dict, batches, args) -> dict:
+  """{name: contender_window keyword arguments} -> {(name, batch): (median
+  images/s, median page faults per step, every window's images/s)}; each
+  window in a fresh process, rounds alternating A B A B ..., written to
+  --json if given."""
+  rates, faults = {}, {}
   for _ in range(args.windows):
-    for name, flags in XLA_FLAG_CANDIDATES.items():
-      for batch, (rate, _, _) in contender_window(
-          'trainer', args, xla_flags=flags, batches=(32, 128),
-          evaluate=False).items():
-        rates[(name, batch)].append(rate)
-  lines = ['| XLA_FLAGS | b32 images/s | b128 images/s |',
-           '| --- | ---: | ---: |']
-  base = {b: statistics.median(rates[('defaults', b)]) for b in (32, 128)}
-  for name, flags in XLA_FLAG_CANDIDATES.items():
-    cells = []
-    for batch in (32, 128):
-      rate = statistics.median(rates[(name, batch)])
-      cells.append(f'{rate:.0f} ({rate / base[batch]:.2f}x)')
-    lines.append(f'| {name}: `{flags or "(none)"}` | ' + ' | '.join(cells)
-                 + ' |')
-  print('\n'.join(lines))
+    for name, kwargs in variants.items():
+      for batch, (rate, _, per_step) in contender_window(
+          args=args, batches=batches, evaluate=False, **kwargs).items():
+        rates.setdefault((name, batch), []).append(rate)
+        faults.setdefault((name, batch), []).append(per_step)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({f'{n} b{b}': r for (n, b), r in rates.items()}, f, indent=2)
+  return {key: (statistics.median(r), statistics.median(faults[key]), r)
+          for key, r in rates.items()}
 
 
-# glibc's environment variables for what host_memory sets with mallopt, for
-# the PyTorch rows of --mode=malloc.
-GLIBC_KEEP_FREED_MEMORY = {'MALLOC_MMAP_MAX_': '0',
-                           'MALLOC_TRIM_THRESHOLD_': str(2**31 - 1)}
+def xla_flags(args):
+  """Trainer images/s under each XLA_FLAGS candidate (XLA reads its flags
+  once per process)."""
+  batches = (32, 128)
+  medians = compare_windows(
+      {name: dict(kind='trainer', xla_flags=flags)
+       for name, flags in XLA_FLAG_CANDIDATES.items()}, batches, args)
+  lines = ['| XLA_FLAGS | b32 images/s | b128 images/s |',
+           '| --- | ---: | ---: |']
+  for name, flags in XLA_FLAG_CANDIDATES.items():
+    cells = []
+    for batch in batches:
+      rate, base = medians[(name, batch)][0], medians[('defaults', batch)][0]
+      cells.append(f'{rate:.0f} ({rate / base:.2f}x)')
+    lines.append(f'| {name}: `{flags or "(none)"}` | ' + ' | '.join(cells)
+                 + ' |')
+  print('\n'.join(lines))
 
 
 def malloc_settings(args):
   """Images/s and page faults per step with glibc's malloc as it comes and
   set to keep freed memory: the trainer as main.py sets it (host_memory),
-  PyTorch through glibc's environment variables. Each window in a fresh
-  process, alternating."""
+  PyTorch through glibc's environment variables."""
+  import host_memory  # pylint: disable=g-import-not-at-top
   batches = (32, 128, 512)
-  modes = {
-      'trainer, glibc defaults': ('trainer', False, None),
-      'trainer, freed memory kept (main.py)': ('trainer', True, None),
-      'torch, glibc defaults': ('torch', False, None),
+  variants = {
+      'trainer, glibc defaults': dict(kind='trainer',
+                                      keep_freed_memory=False),
+      'trainer, freed memory kept (main.py)': dict(kind='trainer'),
+      'torch, glibc defaults': dict(kind='torch'),
       'torch, freed memory kept (MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_)':
-          ('torch', False, GLIBC_KEEP_FREED_MEMORY)}
-  rates = {(name, b): [] for name in modes for b in batches}
-  faults = {}
-  for _ in range(args.windows):
-    for name, (kind, keep, env) in modes.items():
-      for batch, (rate, _, per_step) in contender_window(
-          kind, args, batches=batches, evaluate=False,
-          keep_freed_memory=keep, env_extra=env).items():
-        rates[(name, batch)].append(rate)
-        faults.setdefault((name, batch), []).append(per_step)
+          dict(kind='torch', env_extra=host_memory.ENVIRONMENT)}
+  medians = compare_windows(variants, batches, args)
   lines = ['| contender, malloc | ' + ' | '.join(
       f'b{b} images/s (page faults per step)' for b in batches) + ' |',
            '| --- |' + ' ---: |' * len(batches)]
-  for name, (kind, _, _) in modes.items():
+  for name, kwargs in variants.items():
     cells = []
     for b in batches:
-      rate = statistics.median(rates[(name, b)])
-      base = statistics.median(rates[(f'{kind}, glibc defaults', b)])
-      cells.append(f'{rate:,.0f} ({rate / base:.2f}x; '
-                   f'{statistics.median(faults[(name, b)]):,.0f})')
+      rate, faults, _ = medians[(name, b)]
+      base = medians[(f'{kwargs["kind"]}, glibc defaults', b)][0]
+      cells.append(f'{rate:,.0f} ({rate / base:.2f}x; {faults:,.0f})')
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   print('\n'.join(lines))
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump({f'{n} b{b}': r for (n, b), r in rates.items()}, f, indent=2)
 
 
 def first_step(args):
