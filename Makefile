@@ -7,7 +7,7 @@ CONFIG ?= configs/fashion_mnist.py
 WORKDIR ?= runs/fashion_mnist
 ARGS ?=
 
-.PHONY: venv data train test test-all
+.PHONY: venv data train test test-all gpu-bundle
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,12 @@ test: venv data
 
 test-all: venv data
 	$(PY) -m pytest -q --durations=10 $(ARGS)
+
+# For a GPU machine with CUDA JAX and PyTorch but no network (bench/gpu_run.sh):
+# the IDX files in data/ and the pure-Python packages such images lack, in
+# .whl/. Both folders are git-ignored; carry them to the machine.
+gpu-bundle: data
+	mkdir -p data/fashion-mnist .whl
+	cp $(DATA_DIR)/*-ubyte.gz data/fashion-mnist/
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d .whl \
+	  $$(grep -E '^(clu|ml_collections)==' requirements.txt)

@@ -5,6 +5,8 @@
   .venv/bin/python bench/benchmark.py --mode=dtype    # float32 vs bfloat16
   .venv/bin/python bench/benchmark.py --mode=input    # input routes
   .venv/bin/python bench/benchmark.py --mode=memory   # peak RSS, 10k vs 100k
+  .venv/bin/python bench/benchmark.py --mode=resnet50 # ResNet-50 bf16 (GPU)
+  .venv/bin/python bench/benchmark.py --mode=end_to_end  # 10 epochs, whole
 
 Throughput: rounds of one timed window per contender and batch size, the
 contenders alternating (A B C A B C ...) so that drift of the machine hits
@@ -40,11 +42,11 @@ def load(data_dir):
   return input_pipeline.load_dataset('fashion_mnist', data_dir)
 
 
-def peak_flops(repeats=5, n=2048):
-  """Float32 matmul FLOP/s, the machine's practical peak for this work."""
+def peak_flops(repeats=5, n=2048, dtype='float32'):
+  """Matmul FLOP/s, the machine's practical peak for this work."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.dtype(dtype))
   matmul = jax.jit(lambda x: x @ x)
   matmul(a).block_until_ready()
   times = [contenders.timed(lambda: matmul(a).block_until_ready())
@@ -68,6 +70,42 @@ def train_flops_per_image(batch_size=32):
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return cost['flops'] / batch_size
+
+
+def machine_facts(args):
+  """Child: the backend, its device, matmul peaks and the CNN's training
+  FLOPs, as JSON. The parent never starts JAX itself, so that on a GPU it
+  holds no device memory while the contenders run."""
+  del args
+  import jax  # pylint: disable=g-import-not-at-top
+  backend = jax.default_backend()
+  n = 2048 if backend == 'cpu' else 8192
+  print(json.dumps({
+      'backend': backend, 'device': jax.devices()[0].device_kind,
+      'device_count': jax.device_count(),
+      'peak_flops': peak_flops(n=n),
+      'peak_flops_bf16': None if backend == 'cpu' else peak_flops(
+          n=n, dtype='bfloat16'),
+      'train_flops_per_image': train_flops_per_image()}))
+
+
+def child(mode, args, env=None, **flags) -> dict:
+  """Runs this script in a fresh process with --mode=MODE; its last line of
+  output, as JSON."""
+  proc = subprocess.run(
+      [sys.executable, os.path.join('bench', 'benchmark.py'), f'--mode={mode}',
+       f'--data_dir={args.data_dir}'] + [f'--{k}={v}' for k, v in flags.items()],
+      cwd=contenders.ROOT, env=env, capture_output=True, text=True)
+  if proc.returncode:
+    sys.exit(f'{mode} failed:\n{proc.stderr[-3000:]}')
+  return json.loads(proc.stdout.splitlines()[-1])
+
+
+def describe(facts) -> str:
+  if facts['backend'] == 'cpu':
+    return f'{os.cpu_count()} CPU cores'
+  return (f'{facts["device_count"]} x {facts["device"]} ({facts["backend"]}),'
+          f' {os.cpu_count()} CPU cores')
 
 
 def first_step_seconds(kind, data_dir):
@@ -99,17 +137,19 @@ def first_step_seconds(kind, data_dir):
 
 def throughput(args):
   """The main table: every contender and batch size, rounds alternating."""
-  kinds = [k for k in KIND_BATCHES if args.only is None or k in args.only]
+  facts = child('machine_facts', args)
+  lineup = KIND_BATCHES[facts['backend'] == 'cpu' and 'cpu' or 'gpu']
+  kinds = [k for k in lineup if args.only is None or k in args.only]
   rates, eval_rates = {}, {}
   for _ in range(args.windows):
     for kind in kinds:
       for batch, (rate, eval_rate, _) in contender_window(
-          kind, args).items():
+          kind, args, batches=lineup[kind]).items():
         rates.setdefault((kind, batch), []).append(rate)
         eval_rates[(kind, batch)] = eval_rate
-  peak = peak_flops()
-  flops = train_flops_per_image()
-  first = {kind: first_step_seconds(kind, args.data_dir) for kind in kinds}
+  peak, flops = facts['peak_flops'], facts['train_flops_per_image']
+  first = {kind: first_step_seconds(kind, args.data_dir) for kind in kinds
+           if kind != 'trainer_on_device'}
   median = {key: statistics.median(r) for key, r in rates.items()}
   ref = median.get(('reference', 32))
   rows = []
@@ -120,14 +160,15 @@ def throughput(args):
         'ratio_to_reference': rate / ref if ref else None,
         'percent_of_peak': 100 * rate * flops / peak,
         'eval_images_per_s': eval_rates[(kind, batch)],
-        'first_step_s': first[kind]})
+        'first_step_s': first.get(kind)})
   lines = [
-      f'machine: {os.cpu_count()} CPU cores; float32 matmul peak '
+      f'machine: {describe(facts)}; float32 matmul peak '
       f'{peak / 1e9:.1f} GFLOP/s; CNN training {flops / 1e6:.1f} MFLOP per '
       f'image (XLA cost analysis); median of {args.windows} windows of '
       f'{args.window_images} images; trainer XLA_FLAGS: '
       f'{trainer_xla_flags() or "(none)"}; trainer malloc: freed memory '
-      f'kept (host_memory)', '',
+      f'kept (host_memory); reference input: {contenders.reference_input()}',
+      '',
       '| contender | train images/s | vs reference | % of peak | '
       'eval images/s | process start to first step (s) |',
       '| --- | ---: | ---: | ---: | ---: | ---: |']
@@ -136,7 +177,7 @@ def throughput(args):
     lines.append(
         f'| {r["contender"]} | {r["train_images_per_s"]:.0f} | {ratio} | '
         f'{r["percent_of_peak"]:.1f} | {r["eval_images_per_s"]:.0f} | '
-        f'{r["first_step_s"]:.1f} |')
+        f'{_seconds(r["first_step_s"])} |')
   best = {kind: max((r for r in rows if r['contender'].startswith(kind)),
                     key=lambda r: r['train_images_per_s'], default=None)
           for kind in ('trainer', 'torch')}
@@ -153,19 +194,33 @@ def throughput(args):
   if 'trainer' in first:
     lines.append(f'trainer process start to first step: '
                  f'{first["trainer"]:.1f} s (target 5 s)')
+  report(lines, args.out, {**facts, 'trainer_xla_flags': trainer_xla_flags(),
+                           'rows': rows})
+
+
+def report(lines, out, record=None):
+  """Prints a table; with --out, also writes it as OUT.md (and `record` as
+  OUT.json)."""
   print('\n'.join(lines))
-  if args.out:
-    with open(args.out + '.md', 'w') as f:
+  if out:
+    with open(out + '.md', 'w') as f:
       f.write('\n'.join(lines) + '\n')
-    with open(args.out + '.json', 'w') as f:
-      json.dump({'peak_flops': peak, 'train_flops_per_image': flops,
-                 'trainer_xla_flags': trainer_xla_flags(), 'rows': rows}, f,
-                indent=2)
+    if record is not None:
+      with open(out + '.json', 'w') as f:
+        json.dump(record, f, indent=2)
 
 
-# Batch sizes per contender in the throughput table.
-KIND_BATCHES = {'reference': (32,), 'trainer': (32, 128, 512),
-                'torch': (32, 128, 512)}
+def _seconds(value):
+  return '-' if value is None else f'{value:.1f}'
+
+
+# Batch sizes per contender in the throughput table, on CPU and on GPU. On a
+# GPU the trainer also runs with the training set on the device.
+KIND_BATCHES = {
+    'cpu': {'reference': (32,), 'trainer': (32, 128, 512),
+            'torch': (32, 128, 512)},
+    'gpu': {'reference': (32,), 'trainer': (32, 1024),
+            'trainer_on_device': (32, 1024), 'torch': (32, 1024)}}
 
 
 def trainer_xla_flags() -> str:
@@ -192,10 +247,10 @@ def contender_window(kind, args, xla_flags=None, batches=None,
   env = dict(os.environ)
   if xla_flags is not None:
     env['XLA_FLAGS'] = xla_flags
-  elif kind == 'trainer':
+  elif kind.startswith('trainer'):
     env['XLA_FLAGS'] = trainer_xla_flags()
   env.update(env_extra or {})
-  batches = batches or KIND_BATCHES[kind]
+  batches = batches or KIND_BATCHES['cpu'][kind]
   proc = subprocess.run(
       [sys.executable, os.path.join('bench', 'benchmark.py'),
        '--mode=contender_child', f'--contender={kind}',
@@ -211,7 +266,8 @@ def contender_window(kind, args, xla_flags=None, batches=None,
 
 def contender_child(args):
   """Child of contender_window."""
-  if args.contender == 'trainer' and args.keep_freed_memory:  # As main.py.
+  if args.contender.startswith('trainer') and args.keep_freed_memory:
+    # As main.py sets it.
     import host_memory  # pylint: disable=g-import-not-at-top
     host_memory.keep_freed_memory()
   data = load(args.data_dir)
@@ -541,6 +597,92 @@ def malloc_settings(args):
   print('\n'.join(lines))
 
 
+def resnet50(args):
+  """ResNet-50 training in bfloat16 on a synthetic batch: the trainer and
+  PyTorch (torchvision), each window in a fresh process, alternating."""
+  facts = child('machine_facts', args)
+  rates, flops = {}, None
+  kinds = [k for k in contenders.RESNET50 if args.only is None or
+           k in args.only]
+  for _ in range(args.windows):
+    for kind in kinds:
+      env = dict(os.environ)
+      if kind == 'trainer':
+        env['XLA_FLAGS'] = trainer_xla_flags()
+      result = child('resnet50_child', args, env=env, contender=kind,
+                     batches=args.resnet_batch, image_size=args.image_size,
+                     steps=args.steps)
+      rates.setdefault(kind, []).append(result['images_per_s'])
+      flops = result.get('flops_per_image') or flops
+  peak = facts['peak_flops_bf16'] or facts['peak_flops']
+  median = {kind: statistics.median(r) for kind, r in rates.items()}
+  lines = [
+      f'machine: {describe(facts)}; '
+      f'{"bfloat16" if facts["peak_flops_bf16"] else "float32"} matmul peak '
+      f'{peak / 1e12:.2f} TFLOP/s; ResNet-50 at {args.image_size}x'
+      f'{args.image_size}, batch {args.resnet_batch}, bfloat16 compute, '
+      f'{flops / 1e9:.1f} GFLOP per training image (XLA cost analysis); '
+      f'median of {args.windows} windows of {args.steps} steps', '',
+      '| contender | train images/s | vs torch | % of peak |',
+      '| --- | ---: | ---: | ---: |']
+  for kind, rate in median.items():
+    ratio = f'{rate / median["torch"]:.2f}x' if 'torch' in median else '-'
+    lines.append(f'| {kind} | {rate:.0f} | {ratio} | '
+                 f'{100 * rate * flops / peak:.1f} |')
+  report(lines, args.out, {**facts, 'flops_per_image': flops,
+                           'windows': rates})
+
+
+def resnet50_child(args):
+  """Child of resnet50: warm-up, then one timed window."""
+  if args.contender == 'trainer':
+    import host_memory  # pylint: disable=g-import-not-at-top
+    host_memory.keep_freed_memory()
+  runner = contenders.RESNET50[args.contender](int(args.batches),
+                                               args.image_size)
+  runner.run(3)  # Compile, warm up.
+  seconds = contenders.timed(runner.run, args.steps)
+  result = {'images_per_s': args.steps * int(args.batches) / seconds}
+  if args.contender == 'trainer':
+    result['flops_per_image'] = runner.flops_per_image()
+  print(json.dumps(result))
+
+
+def end_to_end(args):
+  """The 10-epoch Fashion-MNIST run as a user runs it, process start to
+  exit: the reference loop against main.py (configs/fashion_mnist.py), and
+  main.py with the training set on the device."""
+  reference, accuracies = timed_reference_epochs(args)
+  accuracy = f'{accuracies[-1]:.4f}'
+  lines = [f'machine: {describe(child("machine_facts", args))}; reference '
+           f'input: {contenders.reference_input()}', '',
+           '| run | whole process (s) | final test accuracy | vs reference |',
+           '| --- | ---: | ---: | ---: |',
+           f'| reference loop, {args.epochs} epochs | {reference:.1f} | '
+           f'{accuracy} | 1.00x |']
+  print(lines[-1], flush=True)
+  for name, extra in (('main.py', []),
+                      ('main.py, data_on_device', [
+                          '--config.data_on_device=true'])):
+    workdir = f'/tmp/bench-e2e-{os.getpid()}'
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, 'main.py', f'--workdir={workdir}',
+         '--config=configs/fashion_mnist.py',
+         f'--config.data_dir={args.data_dir}',
+         f'--config.num_epochs={args.epochs}', *extra],
+        cwd=contenders.ROOT, capture_output=True, check=True)
+    seconds = time.perf_counter() - start
+    with open(os.path.join(workdir, 'summary.json')) as f:
+      accuracy = json.load(f)['test_accuracy']
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(workdir, ignore_errors=True)
+    lines.append(f'| {name}, {args.epochs} epochs | {seconds:.1f} | '
+                 f'{accuracy:.4f} | {reference / seconds:.2f}x |')
+    print(lines[-1], flush=True)
+  report(lines, args.out)
+
+
 def first_step(args):
   """Child process of `first_step_seconds` for the non-trainer contenders."""
   data = load(args.data_dir)
@@ -559,16 +701,22 @@ def reference_epochs(args):
     print(f'EPOCH {epoch} {runner.evaluate():.4f}', flush=True)
 
 
-def time_to_accuracy(args):
+def timed_reference_epochs(args):
+  """The reference loop's --epochs in a fresh process: (whole process
+  seconds, test accuracy after each epoch)."""
   start = time.perf_counter()
   proc = subprocess.run(
       [sys.executable, os.path.join('bench', 'benchmark.py'),
        '--mode=reference_epochs', f'--epochs={args.epochs}',
        f'--data_dir={args.data_dir}'], cwd=contenders.ROOT,
       capture_output=True, text=True, check=True)
-  reference_seconds = time.perf_counter() - start
-  accuracies = [float(l.split()[2]) for l in proc.stdout.splitlines()
-                if l.startswith('EPOCH')]
+  seconds = time.perf_counter() - start
+  return seconds, [float(l.split()[2]) for l in proc.stdout.splitlines()
+                   if l.startswith('EPOCH')]
+
+
+def time_to_accuracy(args):
+  reference_seconds, accuracies = timed_reference_epochs(args)
   target = accuracies[-1]
   print(f'reference: {args.epochs} epochs, whole process {reference_seconds:.1f}'
         f' s, final test accuracy {target:.4f} (per epoch: '
@@ -610,10 +758,11 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--mode', default='throughput',
                       choices=['throughput', 'tta', 'dtype', 'input',
-                               'memory', 'xla_flags', 'malloc',
-                               'first_step',
+                               'memory', 'xla_flags', 'malloc', 'resnet50',
+                               'end_to_end', 'first_step',
                                'reference_epochs', 'read_child',
-                               'contender_child'])
+                               'contender_child', 'machine_facts',
+                               'resnet50_child'])
   parser.add_argument('--data_dir', default=DEFAULT_DATA)
   parser.add_argument('--windows', type=int, default=5)
   parser.add_argument('--window_images', type=int, default=12800)
@@ -631,6 +780,10 @@ def main():
                       'comma-separated')
   parser.add_argument('--evaluate', type=int, default=1,
                       help='contender_child: also time evaluation')
+  parser.add_argument('--resnet_batch', type=int, default=256)
+  parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--steps', type=int, default=30,
+                      help='resnet50: steps per timed window')
   parser.add_argument('--keep_freed_memory', type=int, default=1,
                       help='contender_child: the trainer with main.py\'s '
                       'malloc settings')
@@ -638,8 +791,9 @@ def main():
   os.chdir(contenders.ROOT)
   {'throughput': throughput, 'tta': time_to_accuracy, 'dtype': compute_dtypes,
    'input': input_modes, 'memory': peak_memory, 'xla_flags': xla_flags,
-   'malloc': malloc_settings,
-   'contender_child': contender_child,
+   'malloc': malloc_settings, 'resnet50': resnet50, 'end_to_end': end_to_end,
+   'contender_child': contender_child, 'machine_facts': machine_facts,
+   'resnet50_child': resnet50_child,
    'first_step': first_step,
    'reference_epochs': reference_epochs, 'read_child': read_child}[
        args.mode](args)

@@ -10,10 +10,15 @@ are finished (so wall time around it is honest), and `evaluate()`.
   the same batch, metrics accumulated in the state.
 * `trainer`: this project's own pieces as `train.train_and_evaluate` uses
   them: `train.train_inputs` (host batches sent ahead, or gathered on the
-  device), the donated jitted `train.train_step` with fused loss/accuracy.
-* `torch`: the same CNN and optimiser in PyTorch on the CPU.
+  device), the donated jitted `train.train_step` with fused loss/accuracy;
+  `trainer_on_device` the same with `data_on_device` (the training set
+  copied to the device once, batches gathered there).
+* `torch`: the same CNN and optimiser in PyTorch, on the GPU when PyTorch
+  sees one (the training set copied there once, batches indexed there, as a
+  hand-written loop at its best does), else on the CPU.
 """
 
+import functools
 import itertools
 import os
 import sys
@@ -30,7 +35,6 @@ class Reference:
 
   def __init__(self, data, batch_size, learning_rate=0.01, momentum=0.9,
                seed=0):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import optax  # pylint: disable=g-import-not-at-top
@@ -39,14 +43,20 @@ class Reference:
     from flax.training import train_state  # pylint: disable=g-import-not-at-top
     import models  # pylint: disable=g-import-not-at-top
 
-    tf.random.set_seed(seed)
     self.data = data
     self.batch_size = batch_size
-    ds = tf.data.Dataset.from_tensor_slices(
-        {'image': _float(data.train.images), 'label': data.train.labels})
-    ds = ds.repeat().shuffle(1024, seed=seed).batch(batch_size,
-                                                     drop_remainder=True)
-    self.iterator = ds.prefetch(1).as_numpy_iterator()
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    except ImportError:  # The GPU machines lend no TensorFlow (600 MB).
+      self.iterator = shuffle_buffer_batches(
+          _float(data.train.images), data.train.labels, batch_size, seed)
+    else:
+      tf.random.set_seed(seed)
+      ds = tf.data.Dataset.from_tensor_slices(
+          {'image': _float(data.train.images), 'label': data.train.labels})
+      ds = ds.repeat().shuffle(1024, seed=seed).batch(batch_size,
+                                                       drop_remainder=True)
+      self.iterator = ds.prefetch(1).as_numpy_iterator()
 
     @flax.struct.dataclass
     class Metrics(metrics.Collection):
@@ -108,6 +118,33 @@ class Reference:
     return correct / len(test)
 
 
+def reference_input() -> str:
+  """How the reference loop gets its batches on this machine."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec('tensorflow'):
+    return 'tf.data'
+  return 'a NumPy shuffle buffer (no TensorFlow here)'
+
+
+def shuffle_buffer_batches(images, labels, batch_size, seed, buffer_size=1024):
+  """Batches as tf.data's repeat().shuffle(buffer_size).batch() makes them:
+  each example comes from a random slot of a buffer that the stream refills.
+
+  Our own, for machines without TensorFlow; the same sampling scheme, not
+  the same random numbers.
+  """
+  rng = np.random.default_rng(seed)
+  n = len(labels)
+  stream = itertools.cycle(range(n))
+  buffer = [next(stream) for _ in range(min(buffer_size, n))]
+  while True:
+    picked = np.empty(batch_size, np.int64)
+    for i, slot in enumerate(rng.integers(len(buffer), size=batch_size)):
+      picked[i] = buffer[slot]
+      buffer[slot] = next(stream)
+    yield {'image': images[picked], 'label': labels[picked]}
+
+
 class Trainer:
   """This project's loop pieces, as train.train_and_evaluate uses them."""
 
@@ -155,7 +192,7 @@ class Trainer:
 
 
 class Torch:
-  """The quick-start CNN and SGD with momentum in PyTorch, on the CPU."""
+  """The quick-start CNN and SGD with momentum in PyTorch (CUDA if seen)."""
 
   def __init__(self, data, batch_size, learning_rate=0.01, momentum=0.9,
                seed=0):
@@ -165,15 +202,17 @@ class Torch:
     torch.manual_seed(seed)
     torch.set_num_threads(os.cpu_count())
     self.torch, self.data, self.batch_size = torch, data, batch_size
-    # NCHW copies once, so the loop only indexes.
-    self.images = torch.from_numpy(
-        np.ascontiguousarray(_float(data.train.images).transpose(0, 3, 1, 2)))
-    self.labels = torch.from_numpy(data.train.labels.astype(np.int64))
+    self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    # NCHW copies once (to the GPU, if any), so the loop only indexes.
+    self.images = torch.from_numpy(np.ascontiguousarray(
+        _float(data.train.images).transpose(0, 3, 1, 2))).to(self.device)
+    self.labels = torch.from_numpy(data.train.labels.astype(np.int64)).to(
+        self.device)
     self.model = nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
         nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(),
-        nn.Linear(256, 10))
+        nn.Linear(256, 10)).to(self.device)
     self.optimizer = torch.optim.SGD(self.model.parameters(),
                                      lr=learning_rate, momentum=momentum)
     self.loss_fn = nn.CrossEntropyLoss()
@@ -187,7 +226,7 @@ class Torch:
       self.position = 0
     idx = self.perm[self.position:self.position + self.batch_size]
     self.position += self.batch_size
-    return idx
+    return idx.to(self.device, non_blocking=True)
 
   def run(self, num_steps):
     self.model.train()
@@ -200,18 +239,99 @@ class Torch:
       self.optimizer.zero_grad(set_to_none=True)
       loss.backward()
       self.optimizer.step()
+    if self.device.type == 'cuda':
+      self.torch.cuda.synchronize()
 
   def evaluate(self):
     self.model.eval()
     test = self.data.test
-    images = self.torch.from_numpy(
-        np.ascontiguousarray(_float(test.images).transpose(0, 3, 1, 2)))
+    images = self.torch.from_numpy(np.ascontiguousarray(
+        _float(test.images).transpose(0, 3, 1, 2))).to(self.device)
     with self.torch.no_grad():
-      predictions = self.model(images).argmax(1).numpy()
+      predictions = self.model(images).argmax(1).cpu().numpy()
     return float((predictions == test.labels).mean())
 
 
-CONTENDERS = {'reference': Reference, 'trainer': Trainer, 'torch': Torch}
+class TrainerResNet50:
+  """This project's ResNet-50 (bfloat16 compute) on a fixed synthetic
+  batch of uint8 images, through the same donated jitted train step."""
+
+  def __init__(self, batch_size, image_size=224, seed=0):
+    import jax  # pylint: disable=g-import-not-at-top
+    import distributed  # pylint: disable=g-import-not-at-top
+    import models  # pylint: disable=g-import-not-at-top
+    import optimizers  # pylint: disable=g-import-not-at-top
+    import train  # pylint: disable=g-import-not-at-top
+
+    self.mesh = distributed.Mesh()
+    self.state = self.mesh.put_replicated(train.create_train_state(
+        models.create_model('resnet50', 1000, dtype='bfloat16'),
+        optimizers.create_optimizer('sgd', 0.1, 0.9),
+        (image_size, image_size, 3), seed))
+    images, labels = synthetic_batch(batch_size, image_size, seed)
+    self.batch = self.mesh.put_batch(images, labels)
+    self._step, _ = train.jit_steps(self.mesh)
+    self._jax = jax
+
+  def flops_per_image(self):
+    """Training FLOPs per image of one step (XLA's cost analysis)."""
+    cost = self._step.lower(self.state, *self.batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return cost['flops'] / len(self.batch[1])
+
+  def run(self, num_steps):
+    for _ in range(num_steps):
+      self.state = self._step(self.state, *self.batch)
+    self._jax.block_until_ready(self.state)
+
+
+class TorchResNet50:
+  """torchvision's ResNet-50 under bfloat16 autocast, channels-last, SGD
+  with momentum, on the same kind of synthetic batch (CUDA if seen)."""
+
+  def __init__(self, batch_size, image_size=224, seed=0):
+    import torch  # pylint: disable=g-import-not-at-top
+    import torchvision  # pylint: disable=g-import-not-at-top
+
+    torch.manual_seed(seed)
+    self.torch = torch
+    self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    self.model = torchvision.models.resnet50().to(
+        self.device, memory_format=torch.channels_last)
+    self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1,
+                                     momentum=0.9)
+    self.loss_fn = torch.nn.CrossEntropyLoss()
+    images, labels = synthetic_batch(batch_size, image_size, seed)
+    # The same scaling to [0, 1] as the trainer's, inside each step.
+    self.images = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(
+        self.device).contiguous(memory_format=torch.channels_last)
+    self.labels = torch.from_numpy(labels.astype(np.int64)).to(self.device)
+
+  def run(self, num_steps):
+    self.model.train()
+    for _ in range(num_steps):
+      with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16):
+        logits = self.model(self.images.float() / 255)
+        loss = self.loss_fn(logits, self.labels)
+      self.optimizer.zero_grad(set_to_none=True)
+      loss.backward()
+      self.optimizer.step()
+    if self.device.type == 'cuda':
+      self.torch.cuda.synchronize()
+
+
+def synthetic_batch(batch_size, image_size, seed):
+  rng = np.random.default_rng(seed)
+  return (rng.integers(0, 256, (batch_size, image_size, image_size, 3),
+                       dtype=np.uint8),
+          rng.integers(0, 1000, batch_size).astype(np.int32))
+
+
+CONTENDERS = {'reference': Reference, 'trainer': Trainer,
+              'trainer_on_device': functools.partial(Trainer,
+                                                     data_on_device=True),
+              'torch': Torch}
+RESNET50 = {'trainer': TrainerResNet50, 'torch': TorchResNet50}
 
 
 def _float(images):
