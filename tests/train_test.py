@@ -118,6 +118,25 @@ def test_eval_step_masks_padding():
                              first5.compute()['loss'], rtol=1e-6)
 
 
+@pytest.mark.parametrize('name,kwargs', [
+    ('cnn', {}),
+    ('resnet18', {'widths': (4, 4, 8, 8), 'stem_width': 4, 'stem': 'small'})])
+def test_state_initialisation_matches_the_default_compiler_level(name,
+                                                                 kwargs):
+  # create_train_state compiles with RUN_ONCE_COMPILER_OPTIONS for a faster
+  # start; the values must be those of XLA's default level, bit for bit.
+  model = models.create_model(name, 10, **kwargs)
+  tx = optimizers.create_optimizer('momentum', 0.1, 0.9)
+  fast = train.create_train_state(model, tx, (28, 28, 1), 3, ema=True)
+  default_level = jax.jit(train.state_initializer(
+      model, tx, (28, 28, 1), ema=True))(jax.random.PRNGKey(3))
+  assert train.RUN_ONCE_COMPILER_OPTIONS
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(default_level),
+                  strict=True):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+
+
 def _resnet_state(**kwargs):
   model = models.create_model('resnet20', 10, dropout_rate=0.5)
   tx = optimizers.create_optimizer('sgd', 0.05, 0.9)
