@@ -89,16 +89,24 @@ def machine_facts(args):
       'train_flops_per_image': train_flops_per_image()}))
 
 
+def run_or_exit(command, env=None) -> str:
+  """Runs `command` in the repository's root; its output, or exits with the
+  end of its errors."""
+  proc = subprocess.run(command, cwd=contenders.ROOT, env=env,
+                        capture_output=True, text=True)
+  if proc.returncode:
+    sys.exit(f'{" ".join(command[:4])} failed:\n{proc.stderr[-3000:]}')
+  return proc.stdout
+
+
 def child(mode, args, env=None, **flags) -> dict:
   """Runs this script in a fresh process with --mode=MODE; its last line of
   output, as JSON."""
-  proc = subprocess.run(
+  out = run_or_exit(
       [sys.executable, os.path.join('bench', 'benchmark.py'), f'--mode={mode}',
        f'--data_dir={args.data_dir}'] + [f'--{k}={v}' for k, v in flags.items()],
-      cwd=contenders.ROOT, env=env, capture_output=True, text=True)
-  if proc.returncode:
-    sys.exit(f'{mode} failed:\n{proc.stderr[-3000:]}')
-  return json.loads(proc.stdout.splitlines()[-1])
+      env=env)
+  return json.loads(out.splitlines()[-1])
 
 
 def describe(facts) -> str:
@@ -138,7 +146,7 @@ def first_step_seconds(kind, data_dir):
 def throughput(args):
   """The main table: every contender and batch size, rounds alternating."""
   facts = child('machine_facts', args)
-  lineup = KIND_BATCHES[facts['backend'] == 'cpu' and 'cpu' or 'gpu']
+  lineup = KIND_BATCHES['cpu' if facts['backend'] == 'cpu' else 'gpu']
   kinds = [k for k in lineup if args.only is None or k in args.only]
   rates, eval_rates = {}, {}
   for _ in range(args.windows):
@@ -611,7 +619,7 @@ def resnet50(args):
         env['XLA_FLAGS'] = trainer_xla_flags()
       result = child('resnet50_child', args, env=env, contender=kind,
                      batches=args.resnet_batch, image_size=args.image_size,
-                     steps=args.steps)
+                     steps=args.steps, flops=int(flops is None))
       rates.setdefault(kind, []).append(result['images_per_s'])
       flops = result.get('flops_per_image') or flops
   peak = facts['peak_flops_bf16'] or facts['peak_flops']
@@ -643,7 +651,7 @@ def resnet50_child(args):
   runner.run(3)  # Compile, warm up.
   seconds = contenders.timed(runner.run, args.steps)
   result = {'images_per_s': args.steps * int(args.batches) / seconds}
-  if args.contender == 'trainer':
+  if args.contender == 'trainer' and args.flops:  # Compiles once more.
     result['flops_per_image'] = runner.flops_per_image()
   print(json.dumps(result))
 
@@ -666,12 +674,10 @@ def end_to_end(args):
                           '--config.data_on_device=true'])):
     workdir = f'/tmp/bench-e2e-{os.getpid()}'
     start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, 'main.py', f'--workdir={workdir}',
-         '--config=configs/fashion_mnist.py',
-         f'--config.data_dir={args.data_dir}',
-         f'--config.num_epochs={args.epochs}', *extra],
-        cwd=contenders.ROOT, capture_output=True, check=True)
+    run_or_exit([sys.executable, 'main.py', f'--workdir={workdir}',
+                 '--config=configs/fashion_mnist.py',
+                 f'--config.data_dir={args.data_dir}',
+                 f'--config.num_epochs={args.epochs}', *extra])
     seconds = time.perf_counter() - start
     with open(os.path.join(workdir, 'summary.json')) as f:
       accuracy = json.load(f)['test_accuracy']
@@ -705,13 +711,11 @@ def timed_reference_epochs(args):
   """The reference loop's --epochs in a fresh process: (whole process
   seconds, test accuracy after each epoch)."""
   start = time.perf_counter()
-  proc = subprocess.run(
-      [sys.executable, os.path.join('bench', 'benchmark.py'),
-       '--mode=reference_epochs', f'--epochs={args.epochs}',
-       f'--data_dir={args.data_dir}'], cwd=contenders.ROOT,
-      capture_output=True, text=True, check=True)
+  out = run_or_exit([sys.executable, os.path.join('bench', 'benchmark.py'),
+                     '--mode=reference_epochs', f'--epochs={args.epochs}',
+                     f'--data_dir={args.data_dir}'])
   seconds = time.perf_counter() - start
-  return seconds, [float(l.split()[2]) for l in proc.stdout.splitlines()
+  return seconds, [float(l.split()[2]) for l in out.splitlines()
                    if l.startswith('EPOCH')]
 
 
@@ -784,6 +788,8 @@ def main():
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--steps', type=int, default=30,
                       help='resnet50: steps per timed window')
+  parser.add_argument('--flops', type=int, default=0,
+                      help='resnet50_child: also report FLOPs per image')
   parser.add_argument('--keep_freed_memory', type=int, default=1,
                       help='contender_child: the trainer with main.py\'s '
                       'malloc settings')
