@@ -4,6 +4,7 @@ import functools
 import json
 import os
 import shutil
+import time
 
 from flax import linen as nn
 import jax
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import psutil
 import pytest
 import tensorflow_datasets as tfds
 
@@ -553,3 +555,13 @@ def test_image_folder_streamed_and_resumed_equals_in_memory(tmp_path,
   assert info['image_shape'] == [12, 10, 3]
   assert 'decoded per batch' in info['source']
   assert summary['test_accuracy'] > 0
+
+
+def test_process_age_counts_from_this_process_start():
+  before = train.process_age_seconds()
+  time.sleep(0.2)
+  after = train.process_age_seconds()
+  assert 0.15 < after - before < 2.0
+  # psutil's figure rests on a boot time in whole seconds: within 1 s.
+  coarse = time.time() - psutil.Process().create_time()
+  assert 0 < after and abs(after - coarse) < 1.05
