@@ -20,6 +20,8 @@ import zlib
 from typing import Optional, Sequence
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 SPLITS = ('train', 'test', 'validation')
@@ -223,15 +225,11 @@ def scan(data_dir: str, image_size: int = 0, channels: int = 0,
 
   everything = [p for paths, _ in listed.values() for p in paths]
   start = time.time()
-  bad = {}
-  with concurrent.futures.ThreadPoolExecutor(NUM_THREADS) as pool:
-    # In chunks: Executor.map submits every item at once, and a million
-    # pending futures would cost more memory than the file list.
-    for lo in range(0, len(everything), _CHUNK):
-      chunk = everything[lo:lo + _CHUNK]
-      bad.update((p, r) for p, r in zip(chunk, pool.map(_check, chunk)) if r)
-  logging.info('Opened %d image files under %s in %.1f s', len(everything),
-               data_dir, time.time() - start)
+  bad = _check_all(everything)
+  logging.info('Opened %d image files under %s in %.1f s%s', len(everything),
+               data_dir, time.time() - start,
+               f' (a share in each of {jax.process_count()} processes)'
+               if jax.process_count() > 1 else '')
   if bad and not skip_bad_images:
     first = list(bad.items())[:3]
     raise BadImagesError(
@@ -260,6 +258,37 @@ def scan(data_dir: str, image_size: int = 0, channels: int = 0,
   return {split: FolderSplit(paths=paths, labels=labels, image_shape=shape,
                              root=data_dir)
           for split, (paths, labels) in splits.items()}, class_names
+
+
+def _check_all(paths: list[str]) -> dict[str, str]:
+  """{path: why} for each file of `paths` that does not open as an image.
+
+  With several JAX processes, each opens its share of the files and they
+  exchange which ones failed: every process gets the same answer for one
+  pass over the folder, not one pass per process.
+  """
+  index, count = jax.process_index(), jax.process_count()
+  mine = paths[index::count]
+  bad = {}
+  with concurrent.futures.ThreadPoolExecutor(NUM_THREADS) as pool:
+    # In chunks: Executor.map submits every item at once, and a million
+    # pending futures would cost more memory than the file list.
+    for lo in range(0, len(mine), _CHUNK):
+      chunk = mine[lo:lo + _CHUNK]
+      bad.update((p, r) for p, r in zip(chunk, pool.map(_check, chunk)) if r)
+  if count == 1:
+    return bad
+  failed = np.zeros(len(paths), bool)
+  failed[index::count] = [p in bad for p in mine]
+  failed = multihost_utils.process_allgather(failed).any(axis=0)
+  # Only which files failed is exchanged, not why: another process's reason
+  # is looked up again for the first three, the ones an error names.
+  everywhere = {}
+  for n, i in enumerate(np.flatnonzero(failed)):
+    path = paths[i]
+    everywhere[path] = (bad.get(path) or (_check(path) if n < 3 else None) or
+                        'unreadable in another process')
+  return everywhere
 
 
 def _check(path: str) -> Optional[str]:

@@ -235,8 +235,14 @@ def test_two_processes_stream_an_image_folder_with_validation(tmp_path):
   # run matches one process holding the whole folder in memory.
   folder = conftest.make_image_folder(str(tmp_path / 'images'),
                                       num_train=16, num_test=5)
+  # Two neighbours in the file list, so each process's share of the header
+  # check holds one: both processes must leave out both.
+  for name in ('900.png', '901.png'):
+    with open(os.path.join(folder, 'train', 'dog', name), 'wb') as f:
+      f.write(b'not an image')
   options = {'dataset': 'custom', 'validation_fraction': 0.25,
-             'num_train_steps': 8, 'eval_batch_size': 8}
+             'num_train_steps': 8, 'eval_batch_size': 8,
+             'skip_bad_images': True}
   reference = str(tmp_path / 'one')
   train.train_and_evaluate(conftest.tiny_config(
       folder, data_loading='memory', **options), reference)
@@ -247,6 +253,9 @@ def test_two_processes_stream_an_image_folder_with_validation(tmp_path):
   for code, err in results:
     assert code == 0, err[-3000:]
   assert 'decoded per batch' in results[0][1]
+  for _, err in results:
+    assert 'a share in each of 2 processes' in err
+    assert 'Left out 2 unreadable image file(s)' in err, err[-3000:]
   assert_close_runs(workdir, reference, steps=8)
   summary = json.load(open(os.path.join(workdir, 'summary.json')))
   assert summary['best_chosen_on'] == 'validation'
