@@ -6,8 +6,9 @@ converted the same way (`decode_image`): to grayscale or RGB by `channels`
 and resized to `image_size`, by PIL, with the same rules predict uses for
 single files.
 
-Every file is opened once before training (`scan`), in parallel threads, so
-an unreadable one is named before the first step, never mid-epoch. A
+Every file is opened once before training (`scan`), in parallel threads and,
+with several processes, each process opening its share, so an unreadable
+one is named before the first step, never mid-epoch. A
 `FolderSplit` then decodes the images of each batch when asked for them; the
 input pipeline may instead decode a split once into memory when it fits.
 """
@@ -17,11 +18,9 @@ import dataclasses
 import os
 import time
 import zlib
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import logging
-import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
 SPLITS = ('train', 'test', 'validation')
@@ -182,8 +181,18 @@ def _list_split(split_dir: str, class_names: Optional[Sequence[str]]):
   return paths, np.asarray(labels, np.int32), ignored, names, empty
 
 
+@dataclasses.dataclass(frozen=True)
+class Processes:
+  """The processes that scan a folder together: this one's index, how many
+  there are, and `allgather` (array -> the arrays of all processes, stacked;
+  `multihost_utils.process_allgather` in a JAX job)."""
+  index: int = 0
+  count: int = 1
+  allgather: Optional[Callable[[np.ndarray], np.ndarray]] = None
+
+
 def scan(data_dir: str, image_size: int = 0, channels: int = 0,
-         skip_bad_images: bool = False
+         skip_bad_images: bool = False, processes: Processes = Processes()
          ) -> tuple[dict[str, FolderSplit], list[str]]:
   """Lists and opens every image under data_dir's split folders.
 
@@ -196,6 +205,8 @@ def scan(data_dir: str, image_size: int = 0, channels: int = 0,
       image.
     skip_bad_images: leave unreadable files out (counted in the log) rather
       than refuse the folder.
+    processes: with several, each opens a share of the files; every one of
+      them must call `scan` on the same folder.
 
   Returns:
     ({split name: FolderSplit}, class names).
@@ -225,11 +236,11 @@ def scan(data_dir: str, image_size: int = 0, channels: int = 0,
 
   everything = [p for paths, _ in listed.values() for p in paths]
   start = time.time()
-  bad = _check_all(everything)
+  bad = _check_all(everything, processes, data_dir)
   logging.info('Opened %d image files under %s in %.1f s%s', len(everything),
                data_dir, time.time() - start,
-               f' (a share in each of {jax.process_count()} processes)'
-               if jax.process_count() > 1 else '')
+               f' (a share in each of {processes.count} processes)'
+               if processes.count > 1 else '')
   if bad and not skip_bad_images:
     first = list(bad.items())[:3]
     raise BadImagesError(
@@ -260,14 +271,24 @@ def scan(data_dir: str, image_size: int = 0, channels: int = 0,
           for split, (paths, labels) in splits.items()}, class_names
 
 
-def _check_all(paths: list[str]) -> dict[str, str]:
-  """{path: why} for each file of `paths` that does not open as an image.
+def _check_all(paths: list[str], processes: Processes,
+               data_dir: str) -> dict[str, str]:
+  """{path: why} for each file of `paths` that does not open as an image, in
+  the order of `paths`.
 
-  With several JAX processes, each opens its share of the files and they
-  exchange which ones failed: every process gets the same answer for one
-  pass over the folder, not one pass per process.
+  With several processes each opens its share of the files and they exchange
+  which ones failed: every process gets the same answer from one pass over
+  the folder, not one pass per process.
   """
-  index, count = jax.process_index(), jax.process_count()
+  index, count = processes.index, processes.count
+  if count > 1:
+    # The shares only add up if every process listed the same files.
+    listing = np.array([len(paths), zlib.crc32(
+        '\0'.join(paths).encode(errors='surrogateescape'))], np.int64)
+    if len(np.unique(processes.allgather(listing), axis=0)) > 1:
+      raise BadImagesError(
+          f'the {count} processes list different files under {data_dir}; '
+          f'every process must see the same folder')
   mine = paths[index::count]
   bad = {}
   with concurrent.futures.ThreadPoolExecutor(NUM_THREADS) as pool:
@@ -276,11 +297,11 @@ def _check_all(paths: list[str]) -> dict[str, str]:
     for lo in range(0, len(mine), _CHUNK):
       chunk = mine[lo:lo + _CHUNK]
       bad.update((p, r) for p, r in zip(chunk, pool.map(_check, chunk)) if r)
-  if count == 1:
+  if count == 1 or not paths:
     return bad
   failed = np.zeros(len(paths), bool)
   failed[index::count] = [p in bad for p in mine]
-  failed = multihost_utils.process_allgather(failed).any(axis=0)
+  failed = np.asarray(processes.allgather(failed)).any(axis=0)
   # Only which files failed is exchanged, not why: another process's reason
   # is looked up again for the first three, the ones an error names.
   everywhere = {}

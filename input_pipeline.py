@@ -355,11 +355,13 @@ def _tfds_dataset(builder, name, splits, how) -> Dataset:
 
 
 def load_image_folder(data_dir: str, image_size: int, channels: int,
-                      skip_bad_images: bool, loading: str) -> Dataset:
+                      skip_bad_images: bool, loading: str,
+                      processes: image_folder.Processes = image_folder.Processes()
+                      ) -> Dataset:
   """An image folder (see image_folder.py), in memory if it fits."""
   try:
     folders, class_names = image_folder.scan(data_dir, image_size, channels,
-                                             skip_bad_images)
+                                             skip_bad_images, processes)
   except image_folder.BadImagesError as e:
     raise DataError(str(e)) from e
   total = sum(len(s) for s in folders.values())
@@ -383,7 +385,9 @@ def load_image_folder(data_dir: str, image_size: int, channels: int,
 def load_dataset(name: str, data_dir: str = '', *, image_size: int = 0,
                  channels: int = 0, skip_bad_images: bool = False,
                  loading: str = 'auto', validation_fraction: float = 0.0,
-                 seed: int = 0) -> Dataset:
+                 seed: int = 0,
+                 processes: image_folder.Processes = image_folder.Processes()
+                 ) -> Dataset:
   """Loads a dataset by the rules of the data keys of the config.
 
   Args:
@@ -399,6 +403,8 @@ def load_dataset(name: str, data_dir: str = '', *, image_size: int = 0,
     validation_fraction: hold out this fraction of the training examples as
       the validation split (chosen by `seed`); 0 for none.
     seed: picks the held-out examples.
+    processes: image folders: the processes that open the files together
+      (each its share); all of them must call load_dataset.
 
   Returns:
     The splits; `validation` is None without a validation split.
@@ -411,7 +417,7 @@ def load_dataset(name: str, data_dir: str = '', *, image_size: int = 0,
     dataset = load_idx(name, data_dir)
   elif data_dir and image_folder.is_image_folder(data_dir):
     dataset = load_image_folder(data_dir, image_size, channels,
-                                skip_bad_images, loading)
+                                skip_bad_images, loading, processes)
   else:
     dataset = load_tfds(name, data_dir or None, loading)
   if validation_fraction:

@@ -57,26 +57,31 @@ def _quiet_library_logs(record) -> bool:
   """Drops INFO chatter of library internals: Orbax's (tens of lines per
   save) and JAX's backend probing (a failed TPU lookup on every start).
 
-  Orbax's errors stay, without their tracebacks: a failed background save
-  logs three of them (about 300 lines) before our own one-line error names
-  the failure and the checkpoints kept.
+  Orbax's errors stay, without their tracebacks unless --verbosity is 1 or
+  more: a failed background save logs three of them (about 300 lines) before
+  our own one-line error names the failure and the checkpoints kept.
   """
-  if '/orbax/' in record.pathname and record.exc_info:
+  if ('/orbax/' in record.pathname and record.exc_info and
+      logging.get_verbosity() < 1):
     record.exc_info, record.exc_text = None, None
   return record.levelno > std_logging.INFO or not any(
       part in record.pathname for part in ('/orbax/', '/jax/_src/'))
 
 
-def _skip_closed_event_loop(unraisable):
-  """When a checkpoint write fails, Orbax closes the save's event loop and
+def _skip_closed_event_loop(hook):
+  """An unraisable-exception hook that passes everything to `hook` but one
+  kind: when a checkpoint write fails, Orbax closes the save's event loop and
   each of TensorStore's pending write callbacks then reports "Event loop is
-  closed" as an unraisable exception (dozens of tracebacks). Those say
-  nothing the error line does not; anything else goes to Python's hook."""
-  if (unraisable.object is None and
-      isinstance(unraisable.exc_value, RuntimeError) and
-      str(unraisable.exc_value) == 'Event loop is closed'):
-    return
-  sys.__unraisablehook__(unraisable)
+  closed" (dozens of tracebacks that say nothing the error line does not)."""
+
+  def skip(unraisable):
+    if (unraisable.object is None and
+        isinstance(unraisable.exc_value, RuntimeError) and
+        str(unraisable.exc_value) == 'Event loop is closed'):
+      return
+    hook(unraisable)
+
+  return skip
 
 
 # What TensorFlow's C++ side prints to stderr on every import, whatever the
@@ -112,7 +117,7 @@ def main(argv):
   if len(argv) > 1 and FLAGS.mode != 'predict':
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_quiet_library_logs)
-  sys.unraisablehook = _skip_closed_event_loop
+  sys.unraisablehook = _skip_closed_event_loop(sys.unraisablehook)
   with _without_native_banners():
     # pylint: disable=g-import-not-at-top
     import checkpointing

@@ -31,6 +31,7 @@ import distributed
 import event_files
 import faults
 import host_memory
+import image_folder
 import input_pipeline
 import models
 import optimizers
@@ -378,11 +379,15 @@ def lock_workdir(workdir: str):
 
 
 def data_options(config: ml_collections.ConfigDict) -> dict:
-  """The keyword arguments of input_pipeline.load_dataset in the config."""
+  """The keyword arguments of input_pipeline.load_dataset: the config's
+  data keys, and this job's processes (which share an image folder's scan)."""
   return dict(image_size=config.image_size, channels=config.channels,
               skip_bad_images=config.skip_bad_images,
               loading=config.data_loading,
-              validation_fraction=config.validation_fraction, seed=config.seed)
+              validation_fraction=config.validation_fraction, seed=config.seed,
+              processes=image_folder.Processes(
+                  jax.process_index(), jax.process_count(),
+                  multihost_utils.process_allgather))
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> input_pipeline.Dataset:
@@ -437,8 +442,11 @@ def process_age_seconds() -> float:
 
   On Linux from the kernel's boot-time clock in 1/100 s (/proc/uptime and the
   start time in /proc/self/stat). psutil's create_time adds the boot time,
-  which the kernel gives in whole seconds, so its age can be up to 1 s off.
+  which the kernel gives in whole seconds, so its age can be up to 1 s off;
+  it is the answer where /proc disagrees with it by more than that (a
+  container may show its own uptime but the host's start times).
   """
+  coarse = time.time() - psutil.Process().create_time()
   try:
     with open('/proc/uptime') as f:
       uptime = float(f.read().split()[0])
@@ -446,9 +454,10 @@ def process_age_seconds() -> float:
       # Field 22; the command name (field 2) may hold spaces, so count from
       # its closing parenthesis.
       start_ticks = int(f.read().rsplit(')', 1)[1].split()[19])
-    return uptime - start_ticks / os.sysconf('SC_CLK_TCK')
   except (OSError, ValueError, IndexError):
-    return time.time() - psutil.Process().create_time()
+    return coarse
+  fine = uptime - start_ticks / os.sysconf('SC_CLK_TCK')
+  return fine if abs(fine - coarse) < 1.5 else coarse
 
 
 @dataclasses.dataclass

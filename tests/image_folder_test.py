@@ -1,6 +1,8 @@
 """Tests for image_folder.py: listing, checking and decoding image folders."""
 
+import concurrent.futures
 import os
+import threading
 
 import numpy as np
 from PIL import Image
@@ -79,6 +81,54 @@ def test_skip_bad_images_leaves_them_out(folder):
   splits, _ = image_folder.scan(folder, skip_bad_images=True)
   assert len(splits['train']) == 24
   assert not any(b'broken' in p for p in splits['train'].paths)
+
+
+def scan_as_processes(folders, count=2, **kwargs):
+  """scan() in `count` threads that stand for processes, exchanging arrays
+  through a barrier the way process_allgather does; each result or error."""
+  barrier, slots = threading.Barrier(count, timeout=60), [None] * count
+
+  def scan(index):
+    def allgather(array):
+      slots[index] = np.asarray(array)
+      barrier.wait()
+      gathered = np.stack(slots)
+      barrier.wait()
+      return gathered
+    try:
+      return image_folder.scan(folders[index], processes=image_folder.Processes(
+          index, count, allgather), **kwargs)
+    except image_folder.BadImagesError as e:
+      return e
+
+  with concurrent.futures.ThreadPoolExecutor(count) as pool:
+    return list(pool.map(scan, range(count)))
+
+
+def test_processes_share_the_check_and_agree_on_bad_files(folder):
+  # Neighbours in the file list: one in each process's share.
+  bad = [os.path.join(folder, 'train', 'cat', f'broken_{c}.png') for c in 'ab']
+  for path in bad:
+    with open(path, 'wb') as f:
+      f.write(b'not an image')
+  errors = scan_as_processes([folder, folder])
+  for error in errors:
+    assert isinstance(error, image_folder.BadImagesError)
+    assert '2 unreadable image file(s)' in str(error)
+    assert all(p in str(error) for p in bad)
+    assert 'another process' not in str(error)  # Each reason looked up.
+  kept = scan_as_processes([folder, folder], skip_bad_images=True)
+  for splits, _ in kept:
+    np.testing.assert_array_equal(splits['train'].paths,
+                                  kept[0][0]['train'].paths)
+    assert len(splits['train']) == 24
+
+
+def test_processes_that_see_different_folders_are_refused(folder, tmp_path):
+  other = conftest.make_image_folder(str(tmp_path / 'other'), num_train=9)
+  for error in scan_as_processes([folder, other]):
+    assert isinstance(error, image_folder.BadImagesError)
+    assert 'list different files' in str(error)
 
 
 def test_other_files_and_empty_classes(folder):
