@@ -57,12 +57,14 @@ def _quiet_library_logs(record) -> bool:
   """Drops INFO chatter of library internals: Orbax's (tens of lines per
   save) and JAX's backend probing (a failed TPU lookup on every start).
 
-  Orbax's errors stay, without their tracebacks unless --verbosity is 1 or
-  more: a failed background save logs three of them (about 300 lines) before
-  our own one-line error names the failure and the checkpoints kept.
+  Errors of Orbax and of the event loops it runs stay, in one line each
+  unless --verbosity is 1 or more: a failed background save logs several,
+  with tracebacks (about 300 lines), before our own one-line error names
+  the failure and the checkpoints kept.
   """
-  if ('/orbax/' in record.pathname and record.exc_info and
-      logging.get_verbosity() < 1):
+  if ((record.name == 'asyncio' or '/orbax/' in record.pathname) and
+      record.levelno >= std_logging.ERROR and logging.get_verbosity() < 1):
+    record.msg, record.args = record.getMessage().split('\n', 1)[0], None
     record.exc_info, record.exc_text = None, None
   return record.levelno > std_logging.INFO or not any(
       part in record.pathname for part in ('/orbax/', '/jax/_src/'))

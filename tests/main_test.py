@@ -5,6 +5,7 @@ checked in-process through train.train_and_evaluate; a few real `main.py`
 processes check that each kind of error becomes one `error:` line and exit 2.
 """
 
+import logging as std_logging
 import os
 import shlex
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 import conftest
 import input_pipeline
+import main
 import train
 
 TIMEOUT = 120
@@ -208,3 +210,22 @@ def test_full_disk_keeps_earlier_checkpoints(tmp_path, data_dir):
   summary = train.train_and_evaluate(
       tiny_config(data_dir, num_train_steps=48), workdir)
   assert summary['history'][0]['step'] == 8  # Kept from the first session.
+
+
+@pytest.mark.parametrize('name, path', [
+    ('asyncio', '/usr/lib/python3/asyncio/base_events.py'),
+    ('absl', '/site-packages/orbax/checkpoint/_src/futures/future.py')])
+def test_library_errors_are_logged_in_one_line(name, path):
+  try:
+    raise ValueError('OUT_OF_RANGE: file too large')
+  except ValueError:
+    exc_info = sys.exc_info()
+  record = std_logging.LogRecord(name, std_logging.ERROR, path, 1,
+                                 'Task exception was never retrieved\n%s',
+                                 ('future: <Task finished>',), exc_info)
+  assert main._quiet_library_logs(record)
+  text = std_logging.Formatter().format(record)
+  assert text == 'Task exception was never retrieved'
+  ours = std_logging.LogRecord('absl', std_logging.ERROR, '/work/train.py', 1,
+                               'ours', None, exc_info)
+  assert main._quiet_library_logs(ours) and ours.exc_info  # Left as it was.
