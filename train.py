@@ -440,13 +440,19 @@ def restore_or_initialize(model, tx, image_shape, seed: int, ema: bool,
 def process_age_seconds() -> float:
   """Seconds since this process started.
 
-  On Linux from the kernel's boot-time clock in 1/100 s (/proc/uptime and the
-  start time in /proc/self/stat). psutil's create_time adds the boot time,
-  which the kernel gives in whole seconds, so its age can be up to 1 s off;
-  it is the answer where /proc disagrees with it by more than that (a
-  container may show its own uptime but the host's start times).
+  On Linux from the kernel's boot-time clock in 1/100 s (_age_from_proc).
+  psutil's create_time adds the boot time, which the kernel gives in whole
+  seconds, so its age can be up to 1 s off; it is the answer where /proc is
+  missing or disagrees with it by more than that (a container may show its
+  own uptime but the host's start times).
   """
   coarse = time.time() - psutil.Process().create_time()
+  fine = _age_from_proc()
+  return fine if fine is not None and abs(fine - coarse) < 1.5 else coarse
+
+
+def _age_from_proc() -> Optional[float]:
+  """/proc/uptime less this process's start time in /proc/self/stat."""
   try:
     with open('/proc/uptime') as f:
       uptime = float(f.read().split()[0])
@@ -455,9 +461,8 @@ def process_age_seconds() -> float:
       # its closing parenthesis.
       start_ticks = int(f.read().rsplit(')', 1)[1].split()[19])
   except (OSError, ValueError, IndexError):
-    return coarse
-  fine = uptime - start_ticks / os.sysconf('SC_CLK_TCK')
-  return fine if abs(fine - coarse) < 1.5 else coarse
+    return None
+  return uptime - start_ticks / os.sysconf('SC_CLK_TCK')
 
 
 @dataclasses.dataclass

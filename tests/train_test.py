@@ -564,4 +564,8 @@ def test_process_age_counts_from_this_process_start():
   assert 0.15 < after - before < 2.0
   # psutil's figure rests on a boot time in whole seconds: within 1 s.
   coarse = time.time() - psutil.Process().create_time()
-  assert 0 < after and abs(after - coarse) < 1.05
+  fine = train._age_from_proc()
+  assert 0 < fine and abs(fine - coarse) < 1.05
+  # In hundredths of a second, the kernel's clock ticks (psutil's is finer).
+  assert abs(fine * 100 - round(fine * 100)) < 1e-6
+  assert abs(train.process_age_seconds() - fine) < 0.05
