@@ -8,11 +8,15 @@ that is never taken for a checkpoint.
 
 On restore the newest checkpoint that reads back wins. Newer ones whose data
 is bad (truncated, missing or unparsable files) are moved, untouched, to
-`checkpoints_unreadable/` with a log line saying why. Any other error (an I/O
-error, out of memory) stops the run and moves nothing, and so does finding no
-readable checkpoint at all. With several processes, process 0 lists the
-checkpoints, every process tries the same step, and they agree on the outcome
-before anything is moved or any older step is tried.
+`checkpoints_unreadable/` with a log line saying why. Any other error (an
+I/O error, out of memory) stops the run and moves nothing, and so does
+finding no readable checkpoint at all. With several processes, process 0
+lists the checkpoints, every process tries the same step, and they agree on
+the outcome before anything is moved or any older step is tried.
+
+The manager keeps the newest checkpoints and the best one, and its
+`best_step()` is the one rule that names the best: summary.json,
+`--checkpoint=best` and the sweep table all name that step.
 """
 
 import json
@@ -29,11 +33,22 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 import faults
+import workdir_files
 
-UNREADABLE_DIR = 'checkpoints_unreadable'
 # What a checkpoint's state holds. 1: params-only models; 2: model variable
 # collections, parameter EMA, metrics from one definition (top-5 accuracy).
 FORMAT = 2
+
+# TensorStore reports errors as ValueError('<STATUS CODE>: ...'). These codes
+# say that reading failed for a reason that may pass; any other ValueError
+# (a data status code such as DATA_LOSS, or a parsing error) says the bytes
+# on disk are not a valid checkpoint.
+_TRANSIENT_STATUS = ('UNAVAILABLE', 'RESOURCE_EXHAUSTED', 'DEADLINE_EXCEEDED',
+                     'PERMISSION_DENIED', 'ABORTED', 'CANCELLED', 'UNKNOWN',
+                     'INTERNAL')
+
+# Outcomes of one restore attempt, worst last: the processes act on the worst.
+_OK, _BAD_DATA, _FAILED, _INCOMPATIBLE = range(4)
 
 
 class CheckpointError(RuntimeError):
@@ -150,16 +165,6 @@ def restore_step(directory: str, step: int, target, wanted: dict):
   return state, meta
 
 
-# TensorStore reports errors as ValueError('<STATUS CODE>: ...'). These codes
-# say the bytes on disk are not a valid checkpoint...
-_DATA_STATUS = ('OUT_OF_RANGE', 'DATA_LOSS', 'NOT_FOUND', 'INVALID_ARGUMENT',
-                'FAILED_PRECONDITION')
-# ...and these that reading failed for a reason that may pass.
-_TRANSIENT_STATUS = ('UNAVAILABLE', 'RESOURCE_EXHAUSTED', 'DEADLINE_EXCEEDED',
-                     'PERMISSION_DENIED', 'ABORTED', 'CANCELLED', 'UNKNOWN',
-                     'INTERNAL')
-
-
 def is_bad_data(error: BaseException) -> bool:
   """Whether a restore error shows the checkpoint's data is bad.
 
@@ -186,17 +191,14 @@ def _reason(error: BaseException) -> str:
 
 
 def _move_aside(directory: str, step: int) -> str:
-  parent = os.path.join(os.path.dirname(directory), UNREADABLE_DIR)
+  parent = os.path.join(os.path.dirname(directory),
+                        workdir_files.UNREADABLE_CHECKPOINTS)
   os.makedirs(parent, exist_ok=True)
   target = os.path.join(parent, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
   while os.path.exists(target):
     target += '_'
   shutil.move(os.path.join(directory, str(step)), target)
   return target
-
-
-# Outcomes of one restore attempt, worst last: the processes act on the worst.
-_OK, _BAD_DATA, _FAILED, _INCOMPATIBLE = range(4)
 
 
 def _worst_everywhere(outcome: int) -> int:
@@ -290,6 +292,13 @@ def _selection_accuracy(metrics: dict) -> float:
   return metrics.get('validation_accuracy', metrics['test_accuracy'])
 
 
+def _options(**kwargs) -> ocp.CheckpointManagerOptions:
+  # best_fn makes Orbax's best_step() rank by the same metric that BestN
+  # keeps by, with the same rule for ties (the latest of equals).
+  return ocp.CheckpointManagerOptions(best_fn=_selection_accuracy,
+                                      best_mode='max', **kwargs)
+
+
 def create_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
   """Keeps the newest `max_to_keep` checkpoints and the best by validation
   accuracy (test accuracy in runs without a validation split).
@@ -304,8 +313,19 @@ def create_manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
           keep_checkpoints_without_metrics=False)])
   return ocp.CheckpointManager(
       directory, item_names=('state', 'meta'),
-      options=ocp.CheckpointManagerOptions(preservation_policy=policy,
-                                           create=True))
+      options=_options(preservation_policy=policy, create=True))
+
+
+def find_best_step(directory: str) -> Optional[int]:
+  """The best checkpoint in `directory` as Orbax ranks it (the manager's
+  best_step(), which a run's summary.json records too); None if no
+  checkpoint carries a metric. Reads only."""
+  manager = ocp.CheckpointManager(directory, item_names=('state', 'meta'),
+                                  options=_options(read_only=True))
+  try:
+    return manager.best_step()
+  finally:
+    manager.close()
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict,

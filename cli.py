@@ -1,5 +1,6 @@
 """Command-line parsing shared by main.py and sweep.py: every bad flag or
-config file becomes one `error: ...` line and exit status 2."""
+config file becomes one `error: ...` line and exit status 2; the exit
+statuses of both commands."""
 
 import os
 import re
@@ -8,6 +9,11 @@ import sys
 from absl import flags
 
 FLAGS = flags.FLAGS
+
+# Exit statuses of main.py and sweep.py (and of a sweep's trials).
+EXIT_FAILED = 1     # Training failed: divergence, a checkpoint write/restore.
+EXIT_BAD_INPUT = 2  # Bad input or a busy workdir; nothing was changed.
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal; run again to go on.
 
 
 def print_line(line: str):
@@ -29,9 +35,9 @@ def print_line(line: str):
 
 
 def fail(message: str):
-  """Prints `error: message` and exits with status 2 (bad input)."""
+  """Prints `error: message` and exits with EXIT_BAD_INPUT."""
   print_line(f'error: {message}')
-  sys.exit(2)
+  sys.exit(EXIT_BAD_INPUT)
 
 
 def config_arg(argv) -> str:

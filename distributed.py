@@ -13,36 +13,13 @@ from typing import Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+
+import image_folder
 
 
 class DistributedError(ValueError):
   """Inconsistent multi-process flags."""
-
-
-# XLA CPU flags the trainer adds unless XLA_FLAGS names them already. The
-# YNNPACK fusions run dots, elementwise ops and reductions through XNNPACK's
-# newer kernels: 1.20x-1.29x images/s at batch 32 and 1.56x-1.59x at 128
-# for the quick-start CNN on 2 cores (bench/benchmark.py --mode=xla_flags).
-# They change float rounding, not determinism (README, Performance). GPUs
-# ignore them.
-DEFAULT_CPU_XLA_FLAGS = {
-    'xla_cpu_experimental_ynn_fusion_type': 'dot,eltwise,reduce',
-}
-
-
-def add_default_xla_flags() -> list[str]:
-  """Adds DEFAULT_CPU_XLA_FLAGS to XLA_FLAGS; returns those added.
-
-  Must run before JAX starts its backends (XLA reads the variable once).
-  A user's own setting wins: e.g. XLA_FLAGS=--xla_cpu_experimental_ynn_
-  fusion_type= turns the fusions off.
-  """
-  flags = os.environ.get('XLA_FLAGS', '')
-  added = [f'--{name}={value}' for name, value in
-           DEFAULT_CPU_XLA_FLAGS.items() if f'--{name}=' not in flags]
-  if added:
-    os.environ['XLA_FLAGS'] = ' '.join([flags, *added]).strip()
-  return added
 
 
 def cluster_detected() -> bool:
@@ -101,12 +78,13 @@ class Mesh:
     # Auto axes: XLA propagates the batch sharding through the model, so
     # layers that make arrays of their own (dropout masks) need no sharding
     # annotations.
-    self.mesh = jax.make_mesh((jax.device_count(),), ('data',),
-                              axis_types=(jax.sharding.AxisType.Auto,))
+    self.device_mesh = jax.make_mesh(
+        (jax.device_count(),), ('data',),
+        axis_types=(jax.sharding.AxisType.Auto,))
     self.batch = jax.sharding.NamedSharding(
-        self.mesh, jax.sharding.PartitionSpec('data'))
+        self.device_mesh, jax.sharding.PartitionSpec('data'))
     self.replicated = jax.sharding.NamedSharding(
-        self.mesh, jax.sharding.PartitionSpec())
+        self.device_mesh, jax.sharding.PartitionSpec())
 
   def put_batch(self, *arrays):
     """Process-local numpy arrays -> global arrays split along axis 0."""
@@ -126,3 +104,11 @@ def one_step_in_flight() -> bool:
   CPU device keep JAX's asynchronous dispatch.
   """
   return jax.default_backend() == 'cpu' and jax.local_device_count() > 1
+
+
+def processes() -> image_folder.Processes:
+  """This job's processes, as the data sources take them: the index, the
+  count and an all-gather (which they use to share an image folder's scan
+  and to wait for process 0's tfds preparation)."""
+  return image_folder.Processes(jax.process_index(), jax.process_count(),
+                                multihost_utils.process_allgather)

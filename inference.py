@@ -1,13 +1,15 @@
 """Using a trained model: score a checkpoint, classify image files.
 
-`evaluate_checkpoint` restores a checkpoint of a workdir and evaluates the
-test split exactly as training does (same function, same batches), adding a
-per-class table and a confusion matrix. `predict_files` classifies PNG/JPEG
-files of any size after converting them like the training data.
+`evaluate_checkpoint` restores a checkpoint of a workdir and evaluates a
+split with training's eval function (steps.evaluate) in the batches training
+used (input_pipeline.fit_eval_batch_size over the same splits), so with the
+run's own config its metrics for a checkpoint equal those the run recorded;
+it adds a per-class table and a confusion matrix. `predict_files` classifies
+PNG/JPEG files of any size after converting them like the training data.
+Neither imports the training loop.
 """
 
 import functools
-import json
 import os
 from typing import Sequence
 
@@ -19,60 +21,37 @@ import ml_collections
 import numpy as np
 
 import checkpointing
-from configs import default
+import data_sources
 import distributed
 import image_folder
 import input_pipeline
-import train
+import models
+import steps
+import workdir_files
 
 
 class InferenceError(ValueError):
   """A workdir or checkpoint that cannot be used; the message says why."""
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a training run in `workdir` saved (config.json)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise InferenceError(f'{workdir} has no config.json: not a training '
-                         f'workdir (train first, or give --config)')
-  config = default.get_config()  # Older runs saved fewer keys.
-  with open(path) as f:
-    config.update(json.load(f))
-  return config
-
-
-def load_dataset_info(workdir: str) -> dict:
-  path = os.path.join(workdir, 'dataset.json')
-  if not os.path.isfile(path):
-    raise InferenceError(f'{workdir} has no dataset.json; train with this '
-                         f'version first')
-  with open(path) as f:
-    return json.load(f)
-
-
 def resolve_step(workdir: str, checkpoint: str) -> int:
   """'latest', 'best' or a step number -> an existing checkpoint step."""
-  directory = os.path.join(workdir, 'checkpoints')
-  steps = checkpointing.finished_steps(directory)
-  if not steps:
+  directory = workdir_files.checkpoint_dir(workdir)
+  steps_kept = checkpointing.finished_steps(directory)
+  if not steps_kept:
     raise InferenceError(f'no checkpoints in {directory}')
   if checkpoint == 'latest':
-    return steps[-1]
+    return steps_kept[-1]
   if checkpoint == 'best':
-    summary_path = os.path.join(workdir, 'summary.json')
-    if not os.path.isfile(summary_path):
-      raise InferenceError(f'{workdir} has no summary.json yet, so no best '
-                           f'checkpoint; use --checkpoint=latest')
-    with open(summary_path) as f:
-      best = json.load(f)['best_step']
-    if best not in steps:
-      raise InferenceError(f'best checkpoint (step {best}) is missing from '
-                           f'{directory}; have {steps}')
+    best = checkpointing.find_best_step(directory)
+    if best is None:
+      raise InferenceError(f'no checkpoint in {directory} was saved after an '
+                           f'evaluation, so none is best yet; use '
+                           f'--checkpoint=latest')
     return best
-  if not checkpoint.isdigit() or int(checkpoint) not in steps:
+  if not checkpoint.isdigit() or int(checkpoint) not in steps_kept:
     raise InferenceError(f'--checkpoint={checkpoint!r}: accepted are latest, '
-                         f'best or one of the steps {steps}')
+                         f'best or one of the steps {steps_kept}')
   return int(checkpoint)
 
 
@@ -80,16 +59,18 @@ def restore(workdir: str, config: ml_collections.ConfigDict, step: int,
             info: dict, mesh: distributed.Mesh):
   """Restores the TrainState of checkpoint `step`."""
   image_shape = list(info['image_shape'])
-  model = train.create_model(config, info['num_classes'])
+  model = models.create_model(config.model, info['num_classes'],
+                              **config.model_kwargs.to_dict())
   # Only the optimizer state's structure matters here (it is restored, not
   # used): build it as training did.
-  tx, _ = train.create_optimizer_and_schedule(config, 1, 0)
-  state = train.create_train_state(model, tx, image_shape, config.seed,
+  tx, _ = steps.create_optimizer_and_schedule(
+      total_steps=1, warmup_steps=0, **steps.optimizer_options(config))
+  state = steps.create_train_state(model, tx, image_shape, config.seed,
                                    config.ema_decay > 0)
   wanted = checkpointing.signature(
       state, model=config.model, image_shape=image_shape,
       num_classes=info['num_classes'])
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  directory = workdir_files.checkpoint_dir(workdir)
   try:
     state, _ = checkpointing.restore_step(
         directory, step, jax.tree.map(np.asarray, state), wanted)
@@ -108,7 +89,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """Evaluates a checkpoint on a split; writes eval.json and confusion.png.
 
   Args:
-    config: the run's config (see load_config); data keys may differ.
+    config: the run's config (workdir_files.load_config); data keys may
+      differ.
     workdir: the training workdir.
     checkpoint: 'latest', 'best' or a step.
     split: 'test', or 'validation' for runs that have one.
@@ -116,21 +98,24 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The report also written to workdir/eval.json.
   """
-  info = load_dataset_info(workdir)
+  info = workdir_files.load_dataset_info(workdir)
   step = resolve_step(workdir, checkpoint)
-  dataset = input_pipeline.load_dataset(config.dataset, config.data_dir,
-                                        **train.data_options(config))
-  data = train.eval_splits(dataset).get(split)
+  dataset = data_sources.load_dataset(
+      **data_sources.dataset_options(config),
+      processes=distributed.processes())
+  splits = dataset.eval_splits()
+  data = splits.get(split)
   if data is None:
     raise InferenceError(f'--split={split!r}: this run has the splits '
-                         f'{", ".join(train.eval_splits(dataset))}')
+                         f'{", ".join(splits)}')
   mesh = distributed.Mesh()
   state = restore(workdir, config, step, info, mesh)
-  batch_size = min(config.eval_batch_size, -(-len(data) // jax.device_count())
-                   * jax.device_count())
-  _, eval_fn = train.jit_steps(mesh, use_ema=config.eval_with_ema)
-  metrics = train.evaluate(eval_fn, state, data, batch_size, mesh)
-  predict = jax.jit(lambda s, x: train.predict_step(
+  batch_size = input_pipeline.fit_eval_batch_size(
+      config.eval_batch_size, [len(s) for s in splits.values()],
+      jax.device_count())
+  _, eval_fn = steps.jit_steps(mesh, use_ema=config.eval_with_ema)
+  metrics = steps.evaluate(eval_fn, state, data, batch_size, mesh)
+  predict = jax.jit(lambda s, x: steps.predict_step(
       s, x, use_ema=config.eval_with_ema).argmax(-1))
   predictions, labels = [], []
   for images, batch_labels, _ in input_pipeline.eval_batches(
@@ -155,11 +140,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
             'per_class': per_class, 'class_names': names,
             'confusion_matrix': confusion.tolist()}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-      json.dump(report, f, indent=2)
+    workdir_files.write_json(os.path.join(workdir, workdir_files.EVAL),
+                             report)
     import plots  # pylint: disable=g-import-not-at-top  # matplotlib: 1 s.
     plots.plot_confusion(confusion, names,
-                         os.path.join(workdir, 'confusion.png'))
+                         os.path.join(workdir, workdir_files.CONFUSION_PLOT))
   return report
 
 
@@ -173,21 +158,22 @@ def format_report(report: dict) -> str:
 
 
 def load_image(path: str, image_shape: Sequence[int]) -> np.ndarray:
-  """An image file -> float32 (H, W, C) in [0, 1], converted as training
-  data from an image folder is (image_folder.decode_image).
+  """An image file -> uint8 (H, W, C), converted as training data from an
+  image folder is (image_folder.decode_image); the predict step scales it
+  to [0, 1] as the train and eval steps do.
 
   Raises:
     ValueError: the file is empty, not an image, or over
       image_folder.MAX_IMAGE_PIXELS.
   """
-  return input_pipeline.to_float(image_folder.decode_image(path, *image_shape))
+  return image_folder.decode_image(path, *image_shape)
 
 
 def predict_files(config: ml_collections.ConfigDict, workdir: str,
                   paths: Sequence[str], checkpoint: str = 'latest',
                   top_k: int = 3) -> tuple[list[str], list[str]]:
   """Classifies image files; returns (output lines, failed paths)."""
-  info = load_dataset_info(workdir)
+  info = workdir_files.load_dataset_info(workdir)
   step = resolve_step(workdir, checkpoint)
   images, results, failed, ok_paths = [], {}, [], []
   for path in paths:
@@ -206,7 +192,7 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
     mesh = distributed.Mesh()
     state = restore(workdir, config, step, info, mesh)
     logits = jax.jit(functools.partial(
-        train.predict_step, use_ema=config.eval_with_ema))(
+        steps.predict_step, use_ema=config.eval_with_ema))(
             state, jnp.asarray(np.stack(images)))
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
     names = info['class_names']

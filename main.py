@@ -122,23 +122,18 @@ def main(argv):
   sys.unraisablehook = _skip_closed_event_loop(sys.unraisablehook)
   with _without_native_banners():
     # pylint: disable=g-import-not-at-top
+    import runtime
+    runtime.setup()  # Before JAX's backends start.
     import checkpointing
+    import config_rules
+    import data_sources
     import distributed
-    import host_memory
     import inference
-    import input_pipeline
     import optimizers
+    import preemption
     import train
-    import workdir_lock
+    import workdir_files
     # pylint: enable=g-import-not-at-top
-  added = distributed.add_default_xla_flags()  # Before JAX's backends start.
-  if added:
-    logging.info('XLA_FLAGS: added %s (faster on CPU; another value in '
-                 'XLA_FLAGS overrides it)', ' '.join(added))
-  kept = host_memory.keep_freed_memory()
-  if kept:
-    logging.info('malloc keeps freed memory in the process (%s; faster on '
-                 'CPU; any MALLOC_*_ variable turns this off)', kept)
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)
@@ -148,7 +143,7 @@ def main(argv):
     if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
       return
-    config = FLAGS.config or inference.load_config(FLAGS.workdir)
+    config = FLAGS.config or workdir_files.load_config(FLAGS.workdir)
     if FLAGS.mode == 'eval':
       report = inference.evaluate_checkpoint(config, FLAGS.workdir,
                                              FLAGS.checkpoint, FLAGS.split)
@@ -156,23 +151,24 @@ def main(argv):
       return
     if len(argv) < 2:
       cli.fail('--mode=predict needs image files: main.py --mode=predict '
-            '--workdir=W IMAGE [IMAGE ...]')
+               '--workdir=W IMAGE [IMAGE ...]')
     lines, failed = inference.predict_files(config, FLAGS.workdir, argv[1:],
                                             FLAGS.checkpoint)
     print('\n'.join(lines))
     if failed:
-      sys.exit(1)
-  except (train.ConfigError, input_pipeline.DataError,
+      sys.exit(cli.EXIT_FAILED)
+  except (config_rules.ConfigError, data_sources.DataError,
           checkpointing.IncompatibleCheckpointError,
           inference.InferenceError, optimizers.OptimizerError,
-          workdir_lock.WorkdirBusy) as e:
+          workdir_files.WorkdirError, workdir_files.WorkdirBusy) as e:
     cli.fail(str(e))
   except (train.DivergenceError, checkpointing.CheckpointError) as e:
     cli.print_line(f'error: {e}')
-    sys.exit(1)
-  except train.Preempted as e:
+    sys.exit(cli.EXIT_FAILED)
+  except preemption.Preempted as e:
     cli.print_line(f'preempted: {e}')
-    sys.exit(train.EXIT_PREEMPTED)
+    sys.exit(cli.EXIT_PREEMPTED)
+
 
 if __name__ == '__main__':
   app.run(main, flags_parser=parse_flags)

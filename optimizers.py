@@ -35,17 +35,11 @@ def _sgd(learning_rate, momentum, weight_decay):
 
 
 def _momentum(learning_rate, momentum, weight_decay):
-  if momentum <= 0:
-    raise OptimizerError(f'optimizer momentum needs momentum > 0, got '
-                         f'{momentum}')
   return _sgd(learning_rate, momentum, weight_decay)
 
 
 def _adam(learning_rate, momentum, weight_decay):
-  del momentum
-  if weight_decay:
-    raise OptimizerError(f'optimizer adam takes no weight_decay (got '
-                         f'{weight_decay}); use adamw, or weight_decay 0')
+  del momentum, weight_decay  # check_settings refuses a weight decay.
   return optax.adam(learning_rate)
 
 
@@ -67,6 +61,21 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 
 # Optimizers that use config.weight_decay (masked, see decay_mask).
 TAKE_WEIGHT_DECAY = ('sgd', 'momentum', 'adamw')
+
+
+def check_settings(name: str, momentum: float, weight_decay: float):
+  """Raises OptimizerError for settings optimizer `name` cannot use; the
+  config's checks and create_optimizer both ask here."""
+  if name not in OPTIMIZERS:
+    raise OptimizerError(f'unknown optimizer {name!r}; accepted: '
+                         f'{", ".join(OPTIMIZERS)}')
+  if name == 'momentum' and not momentum > 0:
+    raise OptimizerError(f'optimizer momentum needs momentum > 0, got '
+                         f'{momentum}; or use optimizer sgd')
+  if weight_decay and name not in TAKE_WEIGHT_DECAY:
+    raise OptimizerError(
+        f'optimizer {name} takes no weight_decay (got {weight_decay}); '
+        f'those that do: {", ".join(TAKE_WEIGHT_DECAY)}')
 
 
 def _warmup_cosine(base_lr, total_steps, warmup_steps):
@@ -109,9 +118,7 @@ def create_optimizer(name: str, learning_rate: optax.ScalarOrSchedule,
     grad_clip_norm: > 0 clips the global gradient norm first.
     grad_accum_steps: > 1 sums that many steps' gradients into one update.
   """
-  if name not in OPTIMIZERS:
-    raise OptimizerError(f'unknown optimizer {name!r}; accepted: '
-                         f'{", ".join(OPTIMIZERS)}')
+  check_settings(name, momentum, weight_decay)
   tx = OPTIMIZERS[name](learning_rate, momentum, weight_decay)
   if grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)

@@ -3,9 +3,9 @@
 The signal handler only records the signal; the training loop asks
 `requested()` after each step, and that is where the log line is written
 (logging from a signal handler can deadlock on the logging lock). A second
-signal exits at once, with the same resumable exit code: checkpoints are
-written to a temporary folder and renamed when complete, so the last good one
-survives.
+signal exits at once, with the same resumable exit code
+(cli.EXIT_PREEMPTED): checkpoints are written to a temporary folder and
+renamed when complete, so the last good one survives.
 """
 
 import os
@@ -17,9 +17,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
-# Exit status of a run stopped by a signal (EX_TEMPFAIL): run the same
-# command again to continue. sweeps.py uses the same number.
-EXIT_PREEMPTED = 75
+import cli
 
 
 class Preempted(Exception):
@@ -70,5 +68,5 @@ class PreemptionHandler:
   def _handle(self, signum, frame):
     del frame
     if self.signum is not None:
-      os._exit(EXIT_PREEMPTED)  # pylint: disable=protected-access
+      os._exit(cli.EXIT_PREEMPTED)  # pylint: disable=protected-access
     self.signum = signum

@@ -9,7 +9,7 @@ same command again skips finished trials and resumes interrupted ones; new
 values add trials and keep the old; other fixed values or another base config
 are refused (each trial's config.json says what it ran with). Paths are
 relative to where the command runs. Results: W/sweep.csv, W/sweep.md (best
-first) and W/sweep.png. This file defines flags only; see sweeps.py.
+first) and W/sweep.png. This file defines flags only; see sweep_runner.py.
 """
 
 import sys
@@ -19,7 +19,8 @@ from absl import flags
 from ml_collections import config_flags
 
 import cli
-import sweeps
+import runtime
+import sweep_runner
 
 FLAGS = flags.FLAGS
 
@@ -43,7 +44,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}; accepted: flags only')
-  sys.exit(sweeps.sweep_and_report(
+  runtime.setup(log=False)  # The trials' processes inherit XLA_FLAGS.
+  sys.exit(sweep_runner.sweep_and_report(
       FLAGS.workdir, FLAGS.config, FLAGS['config'].config_filename,
       dict(config_flags.get_override_values(FLAGS['config'])), FLAGS.sweep,
       FLAGS.sweep_file, parallel=FLAGS.parallel,

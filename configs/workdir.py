@@ -4,16 +4,10 @@
       --config.eval_batch_size=500
 """
 
-import json
-import os
-
-from configs import default
+import workdir_files
 
 
 def get_config(workdir):
-  """configs/default.py updated with W/config.json (older runs saved fewer
-  keys; the defaults fill in the rest)."""
-  config = default.get_config()
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config.update(json.load(f))
-  return config
+  """configs/default.py updated with W/config.json (workdir_files.load_config,
+  as eval and predict read it)."""
+  return workdir_files.load_config(workdir)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import checkpointing
+import workdir_files
 
 
 def make_state(value):
@@ -67,7 +68,7 @@ def test_bad_data_falls_back_and_is_moved_aside(directory):
   assert int(state['step']) == 20
   assert checkpointing.finished_steps(directory) == [10, 20]
   moved = os.listdir(os.path.join(os.path.dirname(directory),
-                                  checkpointing.UNREADABLE_DIR))
+                                  workdir_files.UNREADABLE_CHECKPOINTS))
   assert len(moved) == 1 and moved[0].startswith('30-')
 
 
@@ -82,7 +83,7 @@ def test_unparsable_meta_of_every_checkpoint_stops_and_moves_nothing(
     restore(directory)
   assert checkpointing.finished_steps(directory) == [10, 20, 30]
   assert not os.path.exists(os.path.join(os.path.dirname(directory),
-                                         checkpointing.UNREADABLE_DIR))
+                                         workdir_files.UNREADABLE_CHECKPOINTS))
 
 
 def test_io_error_stops_and_moves_nothing(directory, monkeypatch):
@@ -92,7 +93,7 @@ def test_io_error_stops_and_moves_nothing(directory, monkeypatch):
     restore(directory)
   assert checkpointing.finished_steps(directory) == [10, 20, 30]
   assert not os.path.exists(os.path.join(os.path.dirname(directory),
-                                         checkpointing.UNREADABLE_DIR))
+                                         workdir_files.UNREADABLE_CHECKPOINTS))
 
 
 def test_leftover_temporary_folder_is_ignored(directory):

@@ -26,10 +26,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 # In-process runs use the XLA flags and malloc settings main.py sets, as
 # users' runs do (summary.json's `runtime` then matches theirs).
-import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
-import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
-distributed.add_default_xla_flags()
-host_memory.keep_freed_memory()
+import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
+runtime.setup(log=False)
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 

@@ -11,6 +11,7 @@ import pytest
 import conftest
 import image_folder
 import input_pipeline
+import data_sources
 
 
 @pytest.fixture
@@ -155,22 +156,22 @@ def test_missing_test_folder_is_refused(tmp_path):
 
 @pytest.mark.parametrize('loading', ['memory', 'stream'])
 def test_load_dataset_reads_folders_in_memory_or_streamed(folder, loading):
-  dataset = input_pipeline.load_dataset('custom', folder, loading=loading)
-  assert input_pipeline.in_memory(dataset.train) == (loading == 'memory')
+  dataset = data_sources.load_dataset('custom', folder, loading=loading)
+  assert data_sources.in_memory(dataset.train) == (loading == 'memory')
   assert dataset.class_names == ['cat', 'dog', 'fox']
   assert dataset.source.startswith(f'folder:{folder}')
-  reference = input_pipeline.load_dataset('custom', folder, loading='memory')
+  reference = data_sources.load_dataset('custom', folder, loading='memory')
   indices = np.array([3, 0, 23, 11])
   for a, b in zip(dataset.train.get(indices), reference.train.get(indices)):
     np.testing.assert_array_equal(a, b)
-  assert (input_pipeline.fingerprint(dataset)
-          == input_pipeline.fingerprint(reference))
+  assert (data_sources.fingerprint(dataset)
+          == data_sources.fingerprint(reference))
 
 
 def test_validation_folder_is_the_validation_split(tmp_path):
   folder = conftest.make_image_folder(str(tmp_path / 'd'), validation=2)
-  dataset = input_pipeline.load_dataset('custom', folder)
+  dataset = data_sources.load_dataset('custom', folder)
   assert len(dataset.validation) == 6
-  with pytest.raises(input_pipeline.DataError, match='validation split '
+  with pytest.raises(data_sources.DataError, match='validation split '
                      'already'):
-    input_pipeline.load_dataset('custom', folder, validation_fraction=0.1)
+    data_sources.load_dataset('custom', folder, validation_fraction=0.1)

@@ -12,6 +12,7 @@ import conftest
 import image_folder
 import inference
 import train
+import workdir_files
 
 TIMEOUT = 300
 FASHION_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
@@ -24,7 +25,7 @@ def trained(tmp_path_factory, small_data_dir):
   config = conftest.tiny_config(small_data_dir, dataset='fashion_mnist',
                                 num_train_steps=80, max_checkpoints_to_keep=1)
   train.train_and_evaluate(config, workdir)
-  return workdir, inference.load_config(workdir)
+  return workdir, workdir_files.load_config(workdir)
 
 
 def test_eval_equals_final_training_metrics_exactly(trained):
@@ -90,7 +91,8 @@ def images(tmp_path):
 def test_sixteen_bit_images_are_scaled_not_clipped(images):
   good, _ = images
   array = inference.load_image(good['sixteen_bit.png'], (28, 28, 1))
-  np.testing.assert_allclose(array, round(40000 / 65535 * 255) / 255)
+  assert array.dtype == np.uint8
+  np.testing.assert_array_equal(array, round(40000 / 65535 * 255))
 
 
 def test_huge_images_are_refused_by_size(images, monkeypatch):

@@ -8,6 +8,7 @@ import pytest
 
 import conftest
 import input_pipeline
+import data_sources
 
 
 @pytest.mark.parametrize('gz', [False, True])
@@ -15,15 +16,15 @@ def test_read_idx_roundtrip(tmp_path, gz):
   data = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
   path = str(tmp_path / ('x.idx' + ('.gz' if gz else '')))
   conftest.write_idx(path, data)
-  np.testing.assert_array_equal(input_pipeline.read_idx(path), data)
+  np.testing.assert_array_equal(data_sources.read_idx(path), data)
 
 
 def test_read_idx_rejects_bad_magic(tmp_path):
   path = str(tmp_path / 'bad')
   conftest.write_idx(path, np.zeros((2, 2), np.uint8),
                      magic=struct.pack('>HBB', 0, 0x0D, 2))  # float32 code.
-  with pytest.raises(input_pipeline.DataError, match='bad IDX magic'):
-    input_pipeline.read_idx(path)
+  with pytest.raises(data_sources.DataError, match='bad IDX magic'):
+    data_sources.read_idx(path)
 
 
 def test_read_idx_rejects_truncated_file(tmp_path):
@@ -31,43 +32,43 @@ def test_read_idx_rejects_truncated_file(tmp_path):
   conftest.write_idx(path, np.zeros((4, 5, 5), np.uint8))
   with open(path, 'r+b') as f:
     f.truncate(os.path.getsize(path) - 7)
-  with pytest.raises(input_pipeline.DataError, match='declares shape'):
-    input_pipeline.read_idx(path)
+  with pytest.raises(data_sources.DataError, match='declares shape'):
+    data_sources.read_idx(path)
 
 
 def test_read_idx_rejects_corrupt_gzip(tmp_path):
   path = str(tmp_path / 'x.gz')
   with open(path, 'wb') as f:
     f.write(b'not gzip at all')
-  with pytest.raises(input_pipeline.DataError, match='cannot read'):
-    input_pipeline.read_idx(path)
+  with pytest.raises(data_sources.DataError, match='cannot read'):
+    data_sources.read_idx(path)
 
 
 def test_label_count_must_match_image_count(tmp_path):
   path = conftest.make_idx_dir(str(tmp_path / 'd'))
   conftest.write_idx(os.path.join(path, 't10k-labels-idx1-ubyte'),
                      np.zeros(19, np.uint8))
-  with pytest.raises(input_pipeline.DataError, match='20 images but .* 19'):
-    input_pipeline.load_dataset('mnist', path)
+  with pytest.raises(data_sources.DataError, match='20 images but .* 19'):
+    data_sources.load_dataset('mnist', path)
 
 
 def test_missing_file_is_named(tmp_path):
   path = conftest.make_idx_dir(str(tmp_path / 'd'))
   os.remove(os.path.join(path, 'train-labels-idx1-ubyte'))
-  with pytest.raises(input_pipeline.DataError,
+  with pytest.raises(data_sources.DataError,
                      match='missing train-labels-idx1-ubyte'):
-    input_pipeline.load_dataset('mnist', path)
+    data_sources.load_dataset('mnist', path)
 
 
 def test_missing_data_dir_is_an_error(tmp_path):
-  with pytest.raises(input_pipeline.DataError, match='does not exist'):
-    input_pipeline.load_dataset('mnist', str(tmp_path / 'nope'))
+  with pytest.raises(data_sources.DataError, match='does not exist'):
+    data_sources.load_dataset('mnist', str(tmp_path / 'nope'))
 
 
 @pytest.mark.parametrize('gz', [False, True])
 def test_load_idx_dir_shapes_and_range(tmp_path, gz):
   path = conftest.make_idx_dir(str(tmp_path / 'd'), gz=gz)
-  ds = input_pipeline.load_dataset('fashion_mnist', path)
+  ds = data_sources.load_dataset('fashion_mnist', path)
   assert ds.train.images.shape == (64, 28, 28, 1)
   assert ds.test.images.shape == (20, 28, 28, 1)
   assert ds.train.images.dtype == np.uint8
@@ -78,7 +79,7 @@ def test_load_idx_dir_shapes_and_range(tmp_path, gz):
 
 def _split(n):
   images = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)
-  return input_pipeline.Split(images=images, labels=np.arange(n) % 10)
+  return data_sources.Split(images=images, labels=np.arange(n) % 10)
 
 
 def test_train_order_depends_only_on_seed_and_epoch():
@@ -123,21 +124,21 @@ def test_eval_covers_every_example_exactly_once():
 
 
 def test_tfds_offline_fails_fast_with_offline_route(monkeypatch, tmp_path):
-  monkeypatch.setattr(input_pipeline, '_network_reachable',
+  monkeypatch.setattr(data_sources, '_network_reachable',
                       lambda *a, **k: False)
-  with pytest.raises(input_pipeline.DataError, match='Offline route'):
-    input_pipeline.load_dataset('mnist', str(tmp_path))
+  with pytest.raises(data_sources.DataError, match='Offline route'):
+    data_sources.load_dataset('mnist', str(tmp_path))
 
 
 def test_unknown_tfds_name_is_refused(tmp_path):
-  with pytest.raises(input_pipeline.DataError, match="unknown dataset 'nope'"):
-    input_pipeline.load_dataset('nope', str(tmp_path))
+  with pytest.raises(data_sources.DataError, match="unknown dataset 'nope'"):
+    data_sources.load_dataset('nope', str(tmp_path))
 
 
 def _streamed(split):
   """The same examples behind a non-memory split type, so batches are read
   by Grain's threads as for files."""
-  return input_pipeline.Subset(split, np.arange(len(split)))
+  return data_sources.Subset(split, np.arange(len(split)))
 
 
 def test_streamed_batches_equal_in_memory_batches():
@@ -165,33 +166,33 @@ def test_streamed_eval_covers_every_example_once(processes):
 
 def test_validation_is_carved_disjoint_and_by_seed():
   split = _split(100)
-  train, validation = input_pipeline.carve_validation(split, 0.2, seed=1)
+  train, validation = data_sources.carve_validation(split, 0.2, seed=1)
   assert len(train) == 80 and len(validation) == 20
   held = set(validation.images.ravel().tolist())
   kept = set(train.images.ravel().tolist())
   assert not held & kept and held | kept == set(range(100))
-  again = input_pipeline.carve_validation(split, 0.2, seed=1)[1]
+  again = data_sources.carve_validation(split, 0.2, seed=1)[1]
   np.testing.assert_array_equal(again.images, validation.images)
-  other = input_pipeline.carve_validation(split, 0.2, seed=2)[1]
+  other = data_sources.carve_validation(split, 0.2, seed=2)[1]
   assert set(other.images.ravel().tolist()) != held
   # A streamed split is carved by index, to the same examples.
-  _, streamed = input_pipeline.carve_validation(_streamed(split), 0.2, 1)
+  _, streamed = data_sources.carve_validation(_streamed(split), 0.2, 1)
   np.testing.assert_array_equal(streamed.get(np.arange(20))[0],
                                 validation.images)
 
 
 @pytest.mark.parametrize('fraction', [0.001, 0.9999])
 def test_validation_fraction_must_leave_both_sides(fraction):
-  with pytest.raises(input_pipeline.DataError, match='validation_fraction'):
-    input_pipeline.carve_validation(_split(100), fraction, 0)
+  with pytest.raises(data_sources.DataError, match='validation_fraction'):
+    data_sources.carve_validation(_split(100), fraction, 0)
 
 
 def test_validation_fraction_changes_the_fingerprint(idx_dir):
-  plain = input_pipeline.load_dataset('mnist', idx_dir)
-  carved = input_pipeline.load_dataset('mnist', idx_dir,
+  plain = data_sources.load_dataset('mnist', idx_dir)
+  carved = data_sources.load_dataset('mnist', idx_dir,
                                        validation_fraction=0.25)
   assert len(carved.train) == 48 and len(carved.validation) == 16
-  a, b = (input_pipeline.fingerprint(d) for d in (plain, carved))
+  a, b = (data_sources.fingerprint(d) for d in (plain, carved))
   assert b['validation_examples'] == 16 and a != b
 
 
@@ -248,12 +249,12 @@ def tfds_dir(tmp_path_factory):
 
 
 def test_tfds_set_is_read_by_random_access(tfds_dir):
-  streamed = input_pipeline.load_dataset('tiny_shapes', tfds_dir,
+  streamed = data_sources.load_dataset('tiny_shapes', tfds_dir,
                                          loading='stream')
-  memory = input_pipeline.load_dataset('tiny_shapes', tfds_dir,
+  memory = data_sources.load_dataset('tiny_shapes', tfds_dir,
                                        loading='memory')
-  assert isinstance(streamed.train, input_pipeline.TfdsSplit)
-  assert input_pipeline.in_memory(memory.train)
+  assert isinstance(streamed.train, data_sources.TfdsSplit)
+  assert data_sources.in_memory(memory.train)
   assert len(streamed.train) == 40 and streamed.class_names == ['a', 'b', 'c']
   assert streamed.train.image_shape == (8, 8, 1)
   indices = np.array([7, 0, 39])

@@ -17,6 +17,9 @@ import conftest
 import input_pipeline
 import main
 import train
+import workdir_files
+import config_rules
+import data_sources
 
 TIMEOUT = 120
 
@@ -81,7 +84,8 @@ def assert_one_error_line(result, expected, code=2):
 def test_bad_config_is_refused_and_run_untouched(finished_run, data_dir,
                                                  overrides, expected):
   before = conftest.snapshot(finished_run)
-  with pytest.raises(train.ConfigError) as error:
+  with pytest.raises((config_rules.ConfigError,
+                      data_sources.DataError)) as error:
     train.train_and_evaluate(tiny_config(data_dir, **overrides),
                              finished_run)
   assert expected in str(error.value) and '\n' not in str(error.value)
@@ -115,7 +119,7 @@ def test_bad_data_dir_is_named_and_run_untouched(tmp_path, finished_run,
                                                  kind, expected):
   before = conftest.snapshot(finished_run)
   bad = _bad_idx_dir(tmp_path, kind)
-  with pytest.raises(input_pipeline.DataError) as error:
+  with pytest.raises(data_sources.DataError) as error:
     train.train_and_evaluate(
         tiny_config(bad, dataset='fashion_mnist'), finished_run)
   assert expected in str(error.value) and bad in str(error.value)
@@ -125,9 +129,10 @@ def test_bad_data_dir_is_named_and_run_untouched(tmp_path, finished_run,
 def test_workdir_that_is_a_file(tmp_path, data_dir):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a folder')
-  with pytest.raises(train.ConfigError, match='is a file; give a folder'):
+  with pytest.raises(workdir_files.WorkdirError,
+                     match='is a file; give a folder'):
     train.train_and_evaluate(tiny_config(data_dir), str(blocker))
-  with pytest.raises(train.ConfigError, match='cannot be written'):
+  with pytest.raises(workdir_files.WorkdirError, match='cannot be written'):
     train.train_and_evaluate(tiny_config(data_dir), str(blocker / 'run'))
   assert blocker.read_text() == 'not a folder'
 
@@ -166,7 +171,7 @@ def test_unreadable_image_is_named_before_anything_is_made(tmp_path):
   with open(bad, 'wb') as f:
     f.write(b'not a jpeg')
   workdir = str(tmp_path / 'w')
-  with pytest.raises(input_pipeline.DataError) as e:
+  with pytest.raises(data_sources.DataError) as e:
     train.train_and_evaluate(tiny_config(folder, dataset='custom'), workdir)
   message = str(e.value)
   assert '\n' not in message and 'skip_bad_images' in message

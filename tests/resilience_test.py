@@ -17,7 +17,7 @@ import pytest
 
 import conftest
 import train
-import workdir_lock
+import workdir_files
 
 TIMEOUT = 240  # Seconds; a hung run fails the test instead of blocking CI.
 TOTAL_STEPS = 96  # 256 examples / batch 8 = 32 steps per epoch: 3 epochs.
@@ -160,7 +160,7 @@ def test_second_signal_exits_at_once_resumable(tmp_path, data_dir, reference):
 def test_second_trainer_exits_2_naming_the_holder(tmp_path, data_dir):
   workdir = str(tmp_path / 'w')
   os.makedirs(workdir)
-  with workdir_lock.hold(workdir):
+  with workdir_files.hold_lock(workdir):
     result = run_main(workdir, data_dir)
   assert result.returncode == 2, result.stderr[-3000:]
   errors = conftest.error_lines(result.stderr)

@@ -1,20 +1,20 @@
-"""What a config must satisfy before a run, and what a resumed run may change.
+"""The config's rules: what it must satisfy before a run, and what a resumed
+run may change.
 
 `validate_config` refuses values no run can use, with one line naming the
 value and what is accepted. `resume_signature` lists what a checkpoint and
 the config resuming from it must share; `RESUME_CHANGES` what may differ and
-what the difference means (the README's tables say the same).
+what the difference means (docs/configuration.md has both as tables).
 """
 
 import math
-import os
 
 from absl import logging
 import ml_collections
 
 import augmentation
 import checkpointing
-import input_pipeline
+import data_sources
 import models
 import optimizers
 
@@ -88,19 +88,15 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
                      ('optimizer', optimizers.OPTIMIZERS),
                      ('lr_schedule', optimizers.LR_SCHEDULES),
                      ('model', models.MODELS),
-                     ('data_loading', input_pipeline.LOADINGS)):
+                     ('data_loading', data_sources.LOADINGS)):
     if config[key] not in table:
       raise ConfigError(f'unknown {key} {config[key]!r}; accepted: '
                         f'{", ".join(table)}')
-  if config.optimizer == 'momentum' and not config.momentum > 0:
-    raise ConfigError(f'optimizer momentum needs momentum > 0, got '
-                      f'{config.momentum}; or use optimizer sgd')
-  if config.weight_decay and (config.optimizer
-                              not in optimizers.TAKE_WEIGHT_DECAY):
-    raise ConfigError(
-        f'optimizer {config.optimizer} takes no weight_decay (got '
-        f'{config.weight_decay}); those that do: '
-        f'{", ".join(optimizers.TAKE_WEIGHT_DECAY)}')
+  try:
+    optimizers.check_settings(config.optimizer, config.momentum,
+                              config.weight_decay)
+  except optimizers.OptimizerError as e:
+    raise ConfigError(str(e)) from None
   try:
     models.create_model(config.model, 10, **config.model_kwargs.to_dict())
   except (ValueError, TypeError) as e:
@@ -110,31 +106,6 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
       raise ConfigError(f'{key} {config[key]} is not divisible by the '
                         f'{device_count} devices; use a multiple of '
                         f'{device_count}')
-
-
-def fit_eval_batch_size(eval_batch_size: int, num_test: int,
-                        device_count: int) -> int:
-  """`eval_batch_size`, cut to the test set rounded up to the device count.
-
-  A larger batch would only evaluate padding; the metrics do not change.
-  """
-  return min(eval_batch_size, -(-num_test // device_count) * device_count)
-
-
-def check_workdir(workdir: str):
-  """Fails early, before any work, if `workdir` cannot be written."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConfigError(f'workdir {workdir!r} is a file; give a folder (it is '
-                      f'created if missing)')
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write-test-{os.getpid()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f'workdir {workdir!r} cannot be written: '
-                      f'{e.strerror or e}; give a writable folder') from e
 
 
 def resume_signature(state, config, dataset, total_updates: int,
@@ -154,7 +125,7 @@ def resume_signature(state, config, dataset, total_updates: int,
       num_classes=dataset.num_classes, optimizer=config.optimizer,
       lr_schedule=config.lr_schedule, schedule_steps=schedule_steps,
       batch_size=config.batch_size, grad_accum_steps=config.grad_accum_steps,
-      seed=config.seed, data=input_pipeline.fingerprint(dataset))
+      seed=config.seed, data=data_sources.fingerprint(dataset))
 
 
 def log_config_changes(saved: dict, config: ml_collections.ConfigDict,

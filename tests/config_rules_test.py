@@ -1,4 +1,4 @@
-"""Tests for run_config.py: values refused before a run starts."""
+"""Tests for config_rules.py: values refused before a run starts."""
 
 import os
 import re
@@ -8,7 +8,8 @@ import pytest
 import conftest
 import models
 import optimizers
-import run_config
+import config_rules
+import input_pipeline
 from configs import default
 
 
@@ -41,16 +42,16 @@ from configs import default
 def test_bad_value_is_named(key, value, match):
   config = default.get_config()
   config[key] = value
-  with pytest.raises(run_config.ConfigError, match=re.escape(match)):
-    run_config.validate_config(config, device_count=1)
+  with pytest.raises(config_rules.ConfigError, match=re.escape(match)):
+    config_rules.validate_config(config, device_count=1)
 
 
 def test_momentum_optimizer_needs_momentum():
   config = default.get_config()
   config.optimizer, config.momentum = 'momentum', 0.0
-  with pytest.raises(run_config.ConfigError,
+  with pytest.raises(config_rules.ConfigError,
                      match='optimizer momentum needs momentum > 0, got 0.0'):
-    run_config.validate_config(config, device_count=1)
+    config_rules.validate_config(config, device_count=1)
 
 
 @pytest.mark.parametrize('kwargs,match', [
@@ -64,30 +65,30 @@ def test_bad_model_kwargs_are_named(kwargs, match):
   config = default.get_config()
   for key, value in kwargs.items():
     config.model_kwargs[key] = value
-  with pytest.raises(run_config.ConfigError, match='model_kwargs: ' + match):
-    run_config.validate_config(config, device_count=1)
+  with pytest.raises(config_rules.ConfigError, match='model_kwargs: ' + match):
+    config_rules.validate_config(config, device_count=1)
 
 
 def test_weight_decay_only_for_optimizers_that_take_it():
   config = default.get_config()
   config.optimizer, config.weight_decay = 'adam', 1e-4
-  with pytest.raises(run_config.ConfigError,
+  with pytest.raises(config_rules.ConfigError,
                      match='optimizer adam takes no weight_decay'):
-    run_config.validate_config(config, device_count=1)
+    config_rules.validate_config(config, device_count=1)
 
 
 def test_batch_size_must_divide_by_devices():
   config = default.get_config()
   config.batch_size = 30
-  with pytest.raises(run_config.ConfigError,
+  with pytest.raises(config_rules.ConfigError,
                      match='30 is not divisible by the 4'):
-    run_config.validate_config(config, device_count=4)
+    config_rules.validate_config(config, device_count=4)
 
 
 def test_eval_batch_size_is_cut_to_the_test_set():
-  assert run_config.fit_eval_batch_size(1000, 50, 1) == 50
-  assert run_config.fit_eval_batch_size(1000, 50, 4) == 52
-  assert run_config.fit_eval_batch_size(20, 50, 4) == 20
+  assert input_pipeline.fit_eval_batch_size(1000, [50], 1) == 50
+  assert input_pipeline.fit_eval_batch_size(1000, [50], 4) == 52
+  assert input_pipeline.fit_eval_batch_size(20, [50], 4) == 20
 
 
 def test_every_table_name_is_in_the_readme():
@@ -101,6 +102,6 @@ def test_every_table_name_is_in_the_readme():
 def test_data_on_device_needs_one_process():
   config = default.get_config()
   config.data_on_device = True
-  run_config.validate_config(config, device_count=1, process_count=1)
-  with pytest.raises(run_config.ConfigError, match='works in one process'):
-    run_config.validate_config(config, device_count=2, process_count=2)
+  config_rules.validate_config(config, device_count=1, process_count=1)
+  with pytest.raises(config_rules.ConfigError, match='works in one process'):
+    config_rules.validate_config(config, device_count=2, process_count=2)

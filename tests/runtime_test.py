@@ -1,11 +1,15 @@
-"""Tests for host_memory.py: freed memory stays in the process."""
+"""Tests for runtime.py: freed memory stays in the process, the process's
+age, the default XLA flags."""
 
 import os
 import subprocess
 import sys
+import time
+
+import psutil
 
 import conftest
-import host_memory
+import runtime
 
 # Mallocs, fills and frees 100 MB (as XLA does with a step's buffers), then
 # counts the page faults of doing it again. (Not numpy: it asks the kernel
@@ -13,8 +17,8 @@ import host_memory
 REUSE = """
 import ctypes, resource, sys
 if sys.argv[1] == 'keep':
-  import host_memory
-  assert host_memory.keep_freed_memory()
+  import runtime
+  assert runtime.keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -33,7 +37,7 @@ def test_freed_memory_is_reused_without_page_faults():
   faults = {}
   for mode in ('default', 'keep'):
     env = {k: v for k, v in os.environ.items()
-           if k not in host_memory.USER_SETTINGS and k != 'GLIBC_TUNABLES'}
+           if k not in runtime.USER_MALLOC_SETTINGS and k != 'GLIBC_TUNABLES'}
     result = subprocess.run([sys.executable, '-c', REUSE, mode],
                             cwd=conftest.ROOT, env=env, capture_output=True,
                             text=True, timeout=60)
@@ -58,7 +62,21 @@ def _read(path):
 
 def test_a_malloc_setting_in_the_environment_wins(monkeypatch):
   monkeypatch.setenv('MALLOC_TRIM_THRESHOLD_', '1000000')
-  assert host_memory.keep_freed_memory() is None
+  assert runtime.keep_freed_memory() is None
   monkeypatch.delenv('MALLOC_TRIM_THRESHOLD_')
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.trim_threshold=1000000')
-  assert host_memory.keep_freed_memory() is None
+  assert runtime.keep_freed_memory() is None
+
+
+def test_process_age_counts_from_this_process_start():
+  before = runtime.process_age_seconds()
+  time.sleep(0.2)
+  after = runtime.process_age_seconds()
+  assert 0.15 < after - before < 2.0
+  # psutil's figure rests on a boot time in whole seconds: within 1 s.
+  coarse = time.time() - psutil.Process().create_time()
+  fine = runtime._age_from_proc()
+  assert 0 < fine and abs(fine - coarse) < 1.05
+  # In hundredths of a second, the kernel's clock ticks (psutil's is finer).
+  assert abs(fine * 100 - round(fine * 100)) < 1e-6
+  assert abs(runtime.process_age_seconds() - fine) < 0.05

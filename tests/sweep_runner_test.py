@@ -1,4 +1,4 @@
-"""Tests for sweep.py / sweeps.py: spec parsing, whole sweeps, resume.
+"""Tests for sweep.py / sweep_runner.py: spec parsing, whole sweeps, resume.
 
 Most tests run sweeps in-process with a stand-in for main.py (FAKE_MAIN: the
 same flags, no training) or a fake Popen; two slow tests train for real.
@@ -18,14 +18,15 @@ from ml_collections import config_flags
 import pytest
 
 import conftest
-import sweeps
+import sweep_runner
 from configs import default
 
 TIMEOUT = 600
 DEFAULT_CONFIG = os.path.join(conftest.ROOT, 'configs', 'default.py')
 
 # main.py's flags and files without training: config.json as main.py writes
-# it, summary.json with test accuracy = learning rate, and main.py's exit 2
+# it, summary.json (its best_* keys as main.py writes them) with test
+# accuracy = learning rate, and main.py's exit 2
 # when data_dir (relative to where it runs) is missing.
 FAKE_MAIN = f'''
 import json, os, sys
@@ -48,8 +49,9 @@ def main(argv):
   accuracy = config['learning_rate']
   write('summary.json', dict(
       train_loss=1.0, train_accuracy=accuracy, test_loss=1.0,
-      test_accuracy=accuracy, wall_seconds=0.0,
-      history=[dict(epoch=1, test_accuracy=accuracy)]))
+      test_accuracy=accuracy, wall_seconds=0.0, best_chosen_on='test',
+      best_step=10, best_epoch=1, best_test_accuracy=accuracy,
+      history=[dict(epoch=1, step=10, test_accuracy=accuracy)]))
 
 app.run(main)
 '''
@@ -59,7 +61,7 @@ app.run(main)
 def fake_main(tmp_path, monkeypatch):
   path = tmp_path / 'fake_main.py'
   path.write_text(FAKE_MAIN)
-  monkeypatch.setattr(sweeps, 'MAIN', str(path))
+  monkeypatch.setattr(sweep_runner, 'MAIN', str(path))
   return str(path)
 
 
@@ -99,10 +101,10 @@ def popen(monkeypatch):
 def sweep(workdir, config=None, fixed=None, specs=('learning_rate=0.1,0.2',),
           config_file=DEFAULT_CONFIG, sweep_file=None, parallel=1,
           visible_devices=()):
-  """sweeps.sweep_and_report with `fixed` applied to `config` first."""
+  """sweep_runner.sweep_and_report with `fixed` applied to `config` first."""
   config = config or default.get_config()
   config.update(fixed or {})
-  return sweeps.sweep_and_report(
+  return sweep_runner.sweep_and_report(
       workdir, config, config_file, fixed or {}, list(specs), sweep_file,
       parallel=parallel, visible_devices=list(visible_devices),
       retry_failed=False)
@@ -115,14 +117,14 @@ def error_line(capsys):
 
 
 def test_cross_product_parsed_with_config_types():
-  trials = sweeps.parse_sweep_flags(
+  trials = sweep_runner.parse_sweep_flags(
       default.get_config(), ['learning_rate=0.1,0.2', 'batch_size=16,32'])
   assert trials == [
       {'learning_rate': 0.1, 'batch_size': 16},
       {'learning_rate': 0.1, 'batch_size': 32},
       {'learning_rate': 0.2, 'batch_size': 16},
       {'learning_rate': 0.2, 'batch_size': 32}]
-  assert sweeps.trial_name(trials[1]) == 'learning_rate=0.1,batch_size=32'
+  assert sweep_runner.trial_name(trials[1]) == 'learning_rate=0.1,batch_size=32'
 
 
 @pytest.mark.parametrize('specs,match', [
@@ -139,8 +141,8 @@ def test_cross_product_parsed_with_config_types():
     (['data_dir=a/b,a_b'], "would share the folder 'data_dir=a_b'"),
 ])
 def test_bad_spec_is_refused(specs, match):
-  with pytest.raises(sweeps.SweepError, match=match):
-    sweeps.build_trials(default.get_config(), specs, None)
+  with pytest.raises(sweep_runner.SweepError, match=match):
+    sweep_runner.build_trials(default.get_config(), specs, None)
 
 
 def test_sweep_file(tmp_path):
@@ -148,15 +150,15 @@ def test_sweep_file(tmp_path):
   path.write_text('def get_sweep():\n'
                   '  return [{"learning_rate": 0.1, "optimizer": "adam"},\n'
                   '          {"learning_rate": 0.2, "optimizer": "sgd"}]\n')
-  trials = sweeps.build_trials(default.get_config(), [], str(path))
+  trials = sweep_runner.build_trials(default.get_config(), [], str(path))
   assert [t['optimizer'] for t in trials] == ['adam', 'sgd']
   # A key both in --sweep and in the file is fine; equal trials run once.
-  trials = sweeps.build_trials(default.get_config(),
+  trials = sweep_runner.build_trials(default.get_config(),
                                ['learning_rate=0.1,0.3'], str(path))
   assert [t['learning_rate'] for t in trials] == [0.1, 0.3, 0.1, 0.2]
   path.write_text('def get_sweep():\n'
                   '  return [{"batch_size": 8, "learning_rate": 0.1}]\n')
-  assert sweeps.build_trials(default.get_config(),
+  assert sweep_runner.build_trials(default.get_config(),
                              ['learning_rate=0.1', 'batch_size=8'],
                              str(path)) == [{'learning_rate': 0.1,
                                              'batch_size': 8}]
@@ -180,8 +182,8 @@ def test_bad_sweep_file_is_refused(tmp_path, body, match):
   path = tmp_path / 'sweep.py'
   if body is not None:
     path.write_text(body)
-  with pytest.raises(sweeps.SweepError, match=match):
-    sweeps.build_trials(default.get_config(), [], str(path))
+  with pytest.raises(sweep_runner.SweepError, match=match):
+    sweep_runner.build_trials(default.get_config(), [], str(path))
 
 
 @pytest.mark.parametrize('kwargs,message', [
@@ -285,11 +287,11 @@ def test_fixed_overrides_round_trip_to_the_trials(tmp_path):
        '--config.rate=1e-3'])
   assert fixed == dict(steps=3, augment=True, mirror=False, note='a b, c=d',
                        rate=1e-3)
-  args = sweeps.override_args(fixed)
+  args = sweep_runner.override_args(fixed)
   trial_config, _ = parse_config_flags(['main.py', f'--config={path}', *args])
   assert trial_config.to_dict() == config.to_dict()
   empty, _ = parse_config_flags(['main.py', f'--config={path}',
-                                 *sweeps.override_args({'note': ''})])
+                                 *sweep_runner.override_args({'note': ''})])
   assert empty.note == ''
 
 
@@ -298,7 +300,7 @@ def test_cli_gives_trials_the_fixed_overrides(tmp_path):
   fake = tmp_path / 'fake_main.py'
   fake.write_text(FAKE_MAIN)
   # sweep.py as a program, its trials run by FAKE_MAIN.
-  launcher = (f'import runpy, sweeps; sweeps.MAIN = {str(fake)!r}; '
+  launcher = (f'import runpy, sweep_runner; sweep_runner.MAIN = {str(fake)!r}; '
               f'runpy.run_path("sweep.py", run_name="__main__")')
   result = conftest.run_python(
       ['-c', launcher, f'--workdir={workdir}', '--config=configs/default.py',
@@ -351,10 +353,10 @@ def test_cli_bad_input_exits_2_in_one_line_before_any_trial(tmp_path):
 def test_trial_exit_code_gives_its_status(tmp_path, popen, code, status):
   popen.proc = FakeProc(code)
   workdir = str(tmp_path / 'trial')
-  assert sweeps.run_trial(workdir, 'c.py', {'seed': 1},
+  assert sweep_runner.run_trial(workdir, 'c.py', {'seed': 1},
                           {'learning_rate': 0.5}) == status
   args, kwargs = popen.calls[0]
-  assert args[1:] == [sweeps.MAIN, f'--workdir={workdir}', '--config=c.py',
+  assert args[1:] == [sweep_runner.MAIN, f'--workdir={workdir}', '--config=c.py',
                       '--config.seed=1', '--config.learning_rate=0.5']
   assert kwargs.get('cwd') is None  # Where the sweep runs, not ROOT.
   assert os.path.isfile(os.path.join(workdir, 'failed.json')) == (
@@ -367,8 +369,8 @@ def test_signal_before_a_trial_starts_keeps_it_from_starting(tmp_path,
   with futures.ThreadPoolExecutor(1) as pool:
     # A signal handler that has decided to stop and waits for the lock:
     # a trial about to start must not start after that.
-    with sweeps._running_lock:  # pylint: disable=protected-access
-      status = pool.submit(sweeps.run_trial, str(tmp_path / 't'), 'c.py', {},
+    with sweep_runner._running_lock:  # pylint: disable=protected-access
+      status = pool.submit(sweep_runner.run_trial, str(tmp_path / 't'), 'c.py', {},
                            {'seed': 1}, stop=stop)
       futures.wait([status], timeout=0.2)
       stop.set()
@@ -385,15 +387,15 @@ def test_second_signal_stops_trials_at_once_and_exits_75(
     raise SystemExit(code)
   monkeypatch.setattr(os, '_exit', fake_exit)
   with futures.ThreadPoolExecutor(1) as pool:
-    status = pool.submit(sweeps.run_trial, str(tmp_path / 't'), 'c.py', {},
+    status = pool.submit(sweep_runner.run_trial, str(tmp_path / 't'), 'c.py', {},
                          {'seed': 1}, stop=stop)
     try:
       while not popen.calls and not status.done():
         time.sleep(0.01)
-      sweeps.handle_signal(stop, signal.SIGINT)
+      sweep_runner.handle_signal(stop, signal.SIGINT)
       assert stop.is_set() and popen.proc.signals == [signal.SIGTERM]
       with pytest.raises(SystemExit) as exit_info:
-        sweeps.handle_signal(stop, signal.SIGINT)
+        sweep_runner.handle_signal(stop, signal.SIGINT)
       assert exit_info.value.code == 75
       assert popen.proc.signals == [signal.SIGTERM, signal.SIGINT]
     finally:

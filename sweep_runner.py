@@ -28,16 +28,21 @@ from typing import Any, Optional, Sequence
 import ml_collections
 
 import cli
+import workdir_files
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MAIN = os.path.join(ROOT, 'main.py')
-# As train.EXIT_PREEMPTED; not imported, to keep JAX out of this process.
-EXIT_PREEMPTED = 75
 # A child that dies of one of these (or exits 128 + it, as shells and
 # re-raising handlers report it) was stopped, not broken: it resumes.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGKILL)
 ACCEPTED = {bool: 'true or false', int: 'an integer',
             float: 'a finite number'}
+# Columns of the result table: the metrics of a trial's last epoch, then
+# what its summary.json says of its best checkpoint.
+METRIC_PREFIXES = ('train_', 'validation_', 'test_')
+BEST_KEYS = ('best_chosen_on', 'best_validation_accuracy',
+             'best_test_accuracy', 'best_epoch')
+TAIL_COLUMNS = [*BEST_KEYS, 'wall_seconds', 'error']
 _running: dict[int, subprocess.Popen] = {}
 _running_lock = threading.Lock()
 
@@ -200,11 +205,13 @@ def check_recorded_configs(workdir: str, config, trials: Sequence[dict]):
   another base config or fixed override would take old results as its own.
   """
   for trial in trials:
-    path = os.path.join(workdir, trial_name(trial), 'config.json')
-    if not os.path.isfile(path):
+    try:
+      recorded = workdir_files.read_json(
+          os.path.join(workdir, trial_name(trial)), workdir_files.CONFIG)
+    except workdir_files.WorkdirError as e:
+      raise SweepError(f'trial {trial_name(trial)}: {e}') from None
+    if recorded is None:
       continue
-    with open(path) as f:
-      recorded = json.load(f)
     wanted = expected_config(config, trial)
     key = _first_difference(recorded, wanted)
     if key:
@@ -229,11 +236,11 @@ def _show(config: dict, key: str) -> str:
 
 
 def trial_status(workdir: str) -> str:
-  if os.path.isfile(os.path.join(workdir, 'summary.json')):
+  if os.path.isfile(os.path.join(workdir, workdir_files.SUMMARY)):
     return 'done'
-  if os.path.isfile(os.path.join(workdir, 'failed.json')):
+  if os.path.isfile(os.path.join(workdir, workdir_files.FAILED)):
     return 'failed'
-  if os.path.isdir(os.path.join(workdir, 'checkpoints')):
+  if os.path.isdir(os.path.join(workdir, workdir_files.CHECKPOINTS)):
     return 'interrupted'
   return 'pending'
 
@@ -242,7 +249,7 @@ def exit_status(code: int) -> str:
   """'done', 'interrupted' (resumable) or 'failed', from main.py's code."""
   if code == 0:
     return 'done'
-  if code == EXIT_PREEMPTED or code < 0 or code - 128 in STOP_SIGNALS:
+  if code == cli.EXIT_PREEMPTED or code < 0 or code - 128 in STOP_SIGNALS:
     return 'interrupted'
   return 'failed'
 
@@ -271,7 +278,7 @@ def handle_signal(stop: threading.Event, signum, frame=None):
     print(f'[sweep] second {name}: stopping now; run the same command '
           f'again to continue', file=sys.stderr, flush=True)
     stop_running(signum)
-    os._exit(EXIT_PREEMPTED)  # pylint: disable=protected-access
+    os._exit(cli.EXIT_PREEMPTED)  # pylint: disable=protected-access
   stop.set()
   print(f'[sweep] {name}: running trials save a checkpoint and stop; run '
         f'the same command again to continue', file=sys.stderr, flush=True)
@@ -316,7 +323,7 @@ def run_trial(workdir, config_file, fixed, trial, device=None,
   env = dict(os.environ)
   if device is not None:
     env['CUDA_VISIBLE_DEVICES'] = str(device)
-  log_path = os.path.join(workdir, 'train.log')
+  log_path = os.path.join(workdir, workdir_files.TRAIN_LOG)
   with open(log_path, 'a') as log:
     start = log.tell()
     proc = _start(args, log, env, stop)
@@ -331,7 +338,7 @@ def run_trial(workdir, config_file, fixed, trial, device=None,
     with open(log_path) as f:
       f.seek(start)
       errors = [l.strip() for l in f if l.startswith('error:')]
-    with open(os.path.join(workdir, 'failed.json'), 'w') as f:
+    with open(os.path.join(workdir, workdir_files.FAILED), 'w') as f:
       json.dump({'exit_code': code,
                  'error': errors[-1] if errors else f'exit code {code}; see '
                                                      f'{log_path}'}, f)
@@ -344,22 +351,18 @@ def collect(workdir: str, trial: dict) -> dict:
                                          for k, v in trial.items()}}
   row['status'] = trial_status(workdir)
   if row['status'] == 'done':
-    summary = json.load(open(os.path.join(workdir, 'summary.json')))
-    # Trials and epochs are ranked on validation accuracy when the runs hold
-    # out a validation split, so the test set picks nothing.
-    split = summary.get('best_chosen_on', 'test')
-    best = max(reversed(summary['history']),
-               key=lambda h: h[f'{split}_accuracy'])
+    summary = workdir_files.read_json(workdir, workdir_files.SUMMARY)
     # Every metric of the run's last epoch, whatever the trainer records.
     row.update({k: v for k, v in summary['history'][-1].items()
                 if k.startswith(METRIC_PREFIXES)})
-    row.update({f'best_{k}': best[k] for k in ('validation_accuracy',
-                                                'test_accuracy') if k in best})
-    row.update(best_chosen_on=split, best_epoch=best['epoch'],
-               wall_seconds=summary['wall_seconds'])
+    # The best checkpoint as the run's checkpoint manager ranked it: on
+    # validation accuracy when the run holds out a validation split, so the
+    # test set picks nothing.
+    row.update({k: summary[k] for k in BEST_KEYS if k in summary})
+    row['wall_seconds'] = summary['wall_seconds']
     row['history'] = summary['history']
   elif row['status'] == 'failed':
-    row['error'] = json.load(open(os.path.join(workdir, 'failed.json')))[
+    row['error'] = workdir_files.read_json(workdir, workdir_files.FAILED)[
         'error']
   return row
 
@@ -377,7 +380,7 @@ def run_sweep(workdir, config_file, fixed, trials, *, parallel=1,
       print(f'[sweep] {trial_name(trial)}: {status}, skipped', flush=True)
       continue
     if status == 'failed':
-      os.remove(os.path.join(path, 'failed.json'))
+      os.remove(os.path.join(path, workdir_files.FAILED))
     todo.append((trial, path))
   slots = list(range(parallel))
   slots_lock = threading.Lock()
@@ -407,11 +410,6 @@ def _sort_key(row):
           -row.get('best_test_accuracy', 0.0))
 
 
-METRIC_PREFIXES = ('train_', 'validation_', 'test_')
-TAIL_COLUMNS = ['best_chosen_on', 'best_validation_accuracy',
-                'best_test_accuracy', 'best_epoch', 'wall_seconds', 'error']
-
-
 def write_reports(workdir: str, rows: list[dict]) -> str:
   """Writes sweep.csv, sweep.md and sweep.png; returns the markdown table."""
   rows = sorted(rows, key=_sort_key)
@@ -427,7 +425,8 @@ def write_reports(workdir: str, rows: list[dict]) -> str:
   tail = [c for c in TAIL_COLUMNS if validated or c not in (
       'best_chosen_on', 'best_validation_accuracy')]
   header = ['trial'] + swept + ['status'] + metrics + tail
-  with open(os.path.join(workdir, 'sweep.csv'), 'w', newline='') as f:
+  with open(os.path.join(workdir, workdir_files.SWEEP_CSV), 'w',
+            newline='') as f:
     writer = csv.DictWriter(f, fieldnames=header, extrasaction='ignore')
     writer.writeheader()
     writer.writerows(rows)
@@ -441,11 +440,11 @@ def write_reports(workdir: str, rows: list[dict]) -> str:
   lines += ['| ' + ' | '.join(cell(r, k) for k in header) + ' |'
             for r in rows]
   table = '\n'.join(lines) + '\n'
-  with open(os.path.join(workdir, 'sweep.md'), 'w') as f:
+  with open(os.path.join(workdir, workdir_files.SWEEP_TABLE), 'w') as f:
     f.write(table)
   import plots  # pylint: disable=g-import-not-at-top
   plots.plot_sweep({r['trial']: r['history'] for r in rows if 'history' in r},
-                   os.path.join(workdir, 'sweep.png'))
+                   os.path.join(workdir, workdir_files.SWEEP_PLOT))
   return table
 
 
@@ -475,7 +474,7 @@ def sweep_and_report(workdir, config, config_file, fixed, specs, sweep_file,
     check_recorded_configs(workdir, config, trials)
   except SweepError as e:
     cli.print_line(f'error: {e}')
-    return 2
+    return cli.EXIT_BAD_INPUT
   os.makedirs(workdir, exist_ok=True)
   print(f'[sweep] {len(trials)} trials in {workdir}', flush=True)
   stop = threading.Event()
@@ -491,9 +490,9 @@ def sweep_and_report(workdir, config, config_file, fixed, specs, sweep_file,
       signal.signal(signum, old)
   print(write_reports(workdir, rows), flush=True)
   if any(r['status'] == 'failed' for r in rows):
-    return 1
+    return cli.EXIT_FAILED
   if stop.is_set() or any(r['status'] != 'done' for r in rows):
     print('[sweep] unfinished trials: run the same command again to '
           'continue', file=sys.stderr)
-    return EXIT_PREEMPTED
+    return cli.EXIT_PREEMPTED
   return 0

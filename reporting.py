@@ -1,0 +1,207 @@
+"""What a run tells: progress lines, logged windows, epoch records, results.
+
+The loop (train.py) calls these at its periodic points: `ReportProgress`
+about once a minute, `log_train_window` every `log_every_steps`,
+`end_epoch` after each evaluation, and `write_results` once at the end
+(summary.json, metrics.png, predictions.png). `Progress` is the history and
+time a checkpoint carries besides the state, so a resumed run reports the
+same numbers as one never interrupted.
+"""
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Optional
+
+from absl import logging
+from flax import linen as nn
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+
+import distributed
+import input_pipeline
+import runtime
+import steps
+import workdir_files
+
+# Test images drawn in predictions.png.
+NUM_PLOTTED_PREDICTIONS = 25
+
+
+@dataclasses.dataclass
+class Progress:
+  """What a checkpoint carries besides the state: the epoch history and the
+  time spent, over all sessions of the run."""
+  history: list
+  train_seconds: float = 0.0
+  earlier_wall_seconds: float = 0.0
+  session_start: float = dataclasses.field(default_factory=time.time)
+
+  @classmethod
+  def from_meta(cls, meta: Optional[dict]) -> 'Progress':
+    if meta is None:
+      return cls(history=[])
+    return cls(history=meta['history'],
+               train_seconds=meta['elapsed']['train_seconds'],
+               earlier_wall_seconds=meta['elapsed']['wall_seconds'])
+
+  @property
+  def wall_seconds(self) -> float:
+    return self.earlier_wall_seconds + time.time() - self.session_start
+
+  def meta(self, signature: dict, config: dict) -> dict:
+    """The checkpoint's `meta` item: history, signature, config, time."""
+    return {'history': self.history, 'signature': signature,
+            'config': config,
+            'elapsed': {'train_seconds': self.train_seconds,
+                        'wall_seconds': self.wall_seconds}}
+
+
+def log_train_window(writer, state: steps.TrainState, step: int,
+                     learning_rate: float, images_per_second: float,
+                     mesh: distributed.Mesh) -> steps.TrainState:
+  """Writes the metrics of the steps since the last log; starts a new
+  window."""
+  window = steps.to_float_dict(state.window_metrics)  # Syncs with the device.
+  writer.write_scalars(step, {
+      **{f'train_{k}': v for k, v in window.items()},
+      'learning_rate': learning_rate,
+      'images_per_second': images_per_second})
+  return state.replace(window_metrics=mesh.put_replicated(
+      type(state.window_metrics).empty()))
+
+
+def end_epoch(writer, state: steps.TrainState, step: int,
+              steps_per_epoch: int, evaluations: dict, history: list,
+              mesh: distributed.Mesh) -> steps.TrainState:
+  """Records the epoch's train metrics and `evaluations` ({split: metrics},
+  e.g. validation and test); starts a new epoch accumulator at epoch
+  boundaries."""
+  train = steps.to_float_dict(state.epoch_metrics)
+  evaluated = {f'{split}_{k}': v for split, metrics in evaluations.items()
+               for k, v in metrics.items()}
+  record = {'epoch': step / steps_per_epoch, 'step': step,
+            **{f'train_{k}': v for k, v in train.items()}, **evaluated}
+  history.append(record)
+  writer.write_scalars(step, {
+      **{f'epoch_train_{k}': v for k, v in train.items()}, **evaluated})
+  logging.info('epoch %.2f step %d: %s', record['epoch'], step, ', '.join(
+      f'{k} {v:.4f}' for k, v in record.items() if k not in ('epoch',
+                                                             'step')))
+  if step % steps_per_epoch:
+    # A run that ends mid-epoch keeps its partial accumulator, so that
+    # extending it later (more steps) reports the same epochs.
+    return state
+  return state.replace(epoch_metrics=mesh.put_replicated(
+      type(state.epoch_metrics).empty()))
+
+
+def log_model(model: nn.Module, name: str, image_shape):
+  """Logs a table of the model's layers, parameters and FLOPs."""
+  logging.info('Model %s:\n%s', name, nn.tabulate(
+      model, jax.random.PRNGKey(0), compute_flops=True,
+      compute_vjp_flops=True, console_kwargs={
+          'force_terminal': False, 'force_jupyter': False, 'width': 100}
+  )(jnp.ones([1] + list(image_shape))))
+
+
+class ReportProgress:
+  """About once a minute and at the last step: logs steps/s, progress and
+  the time left, and writes steps_per_sec and uptime to TensorBoard.
+
+  clu's periodic_actions.ReportProgress does this too, but importing it
+  imports TensorFlow (through clu.metric_writers): seconds of start-up.
+  """
+
+  def __init__(self, total_steps: int, writer, every_seconds: float = 60.0):
+    self._total, self._writer, self._every = total_steps, writer, every_seconds
+    self._start = time.monotonic()
+    self._last_step, self._last_time = None, self._start
+
+  def __call__(self, step: int):
+    now = time.monotonic()
+    if self._last_step is None:  # The first step of a session: compile time.
+      self._last_step, self._last_time = step, now
+      return
+    if step == self._last_step or (step != self._total
+                                   and now - self._last_time < self._every):
+      return
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    left = (self._total - step) / max(rate, 1e-9)
+    logging.info('%.1f steps/s, %.1f%% (%d/%d), %d min %02d s left', rate,
+                 100 * step / self._total, step, self._total, left // 60,
+                 left % 60)
+    self._writer.write_scalars(step, {'steps_per_sec': rate,
+                                      'uptime': now - self._start})
+    self._last_step, self._last_time = step, now
+
+
+def write_results(workdir: str, dataset, progress: Progress,
+                  state: steps.TrainState, mesh: distributed.Mesh, *,
+                  total_steps: int, batch_size: int, eval_batch_size: int,
+                  use_ema: bool, best_step: Optional[int],
+                  config: dict) -> dict:
+  """Writes summary.json, metrics.png and predictions.png; returns summary.
+
+  Args:
+    workdir: the run's folder.
+    dataset: the run's data_sources.Dataset.
+    progress: the run's history and time.
+    state: the final state.
+    mesh: where the state is.
+    total_steps: the run's length.
+    batch_size: the training batch (for images/s).
+    eval_batch_size: the eval batch (input_pipeline.fit_eval_batch_size).
+    use_ema: predict with the EMA variables.
+    best_step: the best checkpoint, as the checkpoint manager ranks it.
+    config: the run's config, as a dict.
+  """
+  final = progress.history[-1]
+  split = dataset.selection_split
+  best = next((h for h in progress.history if h['step'] == best_step),
+              None)
+  summary = {
+      'final_step': total_steps, 'epoch': final['epoch'],
+      **{k: v for k, v in final.items()
+         if k.startswith(('train_', 'validation_', 'test_'))},
+      # The best checkpoint is chosen on the split `best_chosen_on`; its
+      # test accuracy is best_test_accuracy either way.
+      'best_chosen_on': split, 'best_step': best_step,
+      'best_epoch': None if best is None else best['epoch'],
+      **{f'best_{k}': None if best is None else best[k]
+         for k in ('validation_accuracy', 'test_accuracy')
+         if k in final},
+      'wall_seconds': progress.wall_seconds,
+      'train_seconds': progress.train_seconds,
+      'train_images_per_second':
+          total_steps * batch_size / max(progress.train_seconds, 1e-9),
+      'history': progress.history, 'config': config,
+      # What else shaped the speed: the backend, XLA's flags, malloc's
+      # settings (runtime.py).
+      'runtime': {'backend': jax.default_backend(),
+                  'devices': jax.device_count(),
+                  'xla_flags': os.environ.get('XLA_FLAGS', ''),
+                  'malloc': runtime.malloc_applied or 'unchanged'},
+  }
+  test_images, _, _ = next(input_pipeline.eval_batches(
+      dataset.test, eval_batch_size, jax.process_index(),
+      jax.process_count()))
+  predict = jax.jit(functools.partial(steps.predict_step, use_ema=use_ema))
+  logits = predict(state, *mesh.put_batch(test_images))
+  logits = multihost_utils.process_allgather(logits, tiled=True)
+  if jax.process_index() == 0:
+    workdir_files.write_json(os.path.join(workdir, workdir_files.SUMMARY),
+                             summary)
+    import plots  # pylint: disable=g-import-not-at-top  # matplotlib: 1 s.
+    plots.plot_history(progress.history,
+                       os.path.join(workdir, workdir_files.METRICS_PLOT))
+    n = min(NUM_PLOTTED_PREDICTIONS, len(logits))
+    images, labels = dataset.test.get(np.arange(n))
+    plots.plot_predictions(
+        images, labels,
+        np.asarray(logits[:n]).argmax(-1), dataset.class_names,
+        os.path.join(workdir, workdir_files.PREDICTIONS_PLOT))
+  return summary

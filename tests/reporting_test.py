@@ -1,0 +1,76 @@
+"""Tests for reporting.py: logged windows, epoch records, progress."""
+
+import json
+
+import jax
+import pytest
+
+from configs import default
+import distributed
+import models
+import optimizers
+import reporting
+import steps
+from steps_test import _fixed_batch
+
+
+class RecordingWriter:
+  def __init__(self):
+    self.scalars = []
+
+  def write_scalars(self, step, scalars):
+    self.scalars.append((step, dict(scalars)))
+
+
+def _trained_state(num_steps=3):
+  state = steps.create_train_state(
+      models.create_model('cnn', 10),
+      optimizers.create_optimizer('sgd', 0.05, 0.9), (28, 28, 1), 0)
+  images, labels = _fixed_batch()
+  for _ in range(num_steps):
+    state = jax.jit(steps.train_step)(state, images, labels)
+  return state
+
+
+def test_log_train_window_writes_every_metric_and_starts_a_new_window():
+  state, writer = _trained_state(), RecordingWriter()
+  expected = {f'train_{k}': float(v)
+              for k, v in state.window_metrics.compute().items()}
+  state = reporting.log_train_window(writer, state, 3, 0.05, 123.0,
+                                 distributed.Mesh())
+  assert writer.scalars == [(3, {**expected, 'learning_rate': 0.05,
+                                 'images_per_second': 123.0})]
+  assert set(expected) == {'train_loss', 'train_accuracy',
+                           'train_top5_accuracy'}
+  assert int(state.window_metrics.loss.count) == 0
+  assert int(state.epoch_metrics.loss.count) == 48  # Untouched.
+
+
+@pytest.mark.parametrize('step,resets', [(8, True), (6, False)])
+def test_end_epoch_records_train_and_evaluated_metrics(step, resets):
+  state, writer, history = _trained_state(), RecordingWriter(), []
+  test = {'loss': 1.5, 'accuracy': 0.5, 'top5_accuracy': 0.9}
+  state = reporting.end_epoch(writer, state, step, 4,
+                          {'validation': {'accuracy': 0.25}, 'test': test},
+                          history, distributed.Mesh())
+  assert history[0]['epoch'] == step / 4 and history[0]['step'] == step
+  assert history[0]['test_accuracy'] == 0.5
+  assert history[0]['validation_accuracy'] == 0.25
+  assert set(history[0]) == {'epoch', 'step', 'train_loss', 'train_accuracy',
+                             'train_top5_accuracy', 'validation_accuracy',
+                             'test_loss', 'test_accuracy',
+                             'test_top5_accuracy'}
+  assert writer.scalars[0][1]['epoch_train_loss'] == history[0]['train_loss']
+  assert writer.scalars[0][1]['validation_accuracy'] == 0.25
+  # Mid-epoch (the run's last step): the epoch accumulator is kept.
+  assert (int(state.epoch_metrics.loss.count) == 0) == resets
+
+
+def test_progress_round_trips_through_checkpoint_meta():
+  progress = reporting.Progress(history=[{'step': 4}], train_seconds=2.0,
+                            earlier_wall_seconds=5.0)
+  meta = progress.meta({'format': 2}, default.get_config().to_dict())
+  again = reporting.Progress.from_meta(json.loads(json.dumps(meta)))
+  assert again.history == [{'step': 4}] and again.train_seconds == 2.0
+  assert again.earlier_wall_seconds >= 5.0
+  assert reporting.Progress.from_meta(None).history == []

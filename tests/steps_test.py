@@ -1,0 +1,216 @@
+"""Tests for steps.py: the state, the train/eval steps, EMA, metrics."""
+
+import functools
+
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import data_sources
+import models
+import optimizers
+import steps
+
+
+def test_compute_steps():
+  assert steps.compute_steps(60000, 32, 10, -1, 0.5) == (1875, 18750, 938)
+  assert steps.compute_steps(60000, 32, 10, 100, 0) == (1875, 100, 0)
+  with pytest.raises(data_sources.DataError,
+                     match='batch_size 32 is larger than the training set'):
+    steps.compute_steps(10, 32, 1, -1, 0)
+
+
+def _fixed_batch():
+  rng = np.random.default_rng(0)
+  images = 0.2 * rng.random((16, 28, 28, 1), dtype=np.float32)
+  labels = rng.integers(0, 10, 16).astype(np.int32)
+  for i, label in enumerate(labels):  # Learnable: a band per class.
+    images[i, 2 * label:2 * label + 2] = 1.0
+  return jnp.asarray(images), jnp.asarray(labels)
+
+
+def test_train_step_lowers_loss_on_a_fixed_batch():
+  model = models.create_model('cnn', 10)
+  state = steps.create_train_state(
+      model, optimizers.create_optimizer('sgd', 0.05, 0.9, 0), (28, 28, 1), 0)
+  step = jax.jit(steps.train_step)
+  images, labels = _fixed_batch()
+  losses = []
+  for _ in range(10):
+    state = step(state, images, labels)
+    window = state.window_metrics.compute()
+    losses.append(float(window['loss']))
+    state = state.replace(
+        window_metrics=type(state.window_metrics).empty())
+  assert int(state.step) == 10
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+  assert losses[-1] < 0.5 * losses[0]
+  # The epoch accumulator counted every example of every step.
+  assert int(state.epoch_metrics.accuracy.count) == 160
+  assert int(state.nonfinite_step) == -1
+
+
+class NanGradient(nn.Module):
+  """Finite outputs, NaN gradient: d sqrt(z)/dz at z = 0 times zero."""
+
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    z = self.param('z', nn.initializers.zeros, ())
+    logits = nn.Dense(10)(x.reshape((x.shape[0], -1)))
+    return logits + 0.0 * jnp.sqrt(z)
+
+
+def test_nonfinite_gradient_with_finite_loss_is_caught_at_its_step():
+  state = steps.create_train_state(
+      NanGradient(), optimizers.create_optimizer('sgd', 0.01, 0.0, 0),
+      (28, 28, 1), 0)
+  images, labels = _fixed_batch()
+  step = jax.jit(steps.train_step)
+  state = step(state, images, labels)
+  assert np.isfinite(float(state.window_metrics.compute()['loss']))
+  assert int(state.nonfinite_step) == 1
+  state = step(state, images, labels)
+  assert int(state.nonfinite_step) == 1  # The first bad step is kept.
+
+
+def test_nonfinite_parameters_with_finite_gradients_are_caught():
+  # An update that overflows (scaled by inf) from finite loss and gradients.
+  tx = optax.chain(optax.sgd(0.01), optax.scale(float('inf')))
+  state = steps.create_train_state(models.create_model('mlp', 10), tx,
+                                   (28, 28, 1), 0)
+  images, labels = _fixed_batch()
+  state = jax.jit(steps.train_step)(state, images, labels)
+  assert np.isfinite(float(state.window_metrics.compute()['loss']))
+  assert int(state.nonfinite_step) == 1
+
+
+def test_eval_step_masks_padding():
+  model = models.create_model('cnn', 10)
+  state = steps.create_train_state(
+      model, optimizers.create_optimizer('sgd', 0.01, 0.9, 0), (28, 28, 1), 0)
+  images, labels = _fixed_batch()
+  mask = jnp.arange(16) < 5
+  masked = steps.eval_step(state, images, labels, mask)
+  first5 = steps.eval_step(state, images[:5], labels[:5], jnp.ones(5, bool))
+  assert int(masked.loss.count) == 5
+  np.testing.assert_allclose(masked.compute()['loss'],
+                             first5.compute()['loss'], rtol=1e-6)
+
+
+@pytest.mark.parametrize('name,kwargs', [
+    ('cnn', {}),
+    ('resnet18', {'widths': (4, 4, 8, 8), 'stem_width': 4, 'stem': 'small'})])
+def test_state_initialisation_matches_the_default_compiler_level(name,
+                                                                 kwargs):
+  # create_train_state compiles with RUN_ONCE_COMPILER_OPTIONS for a faster
+  # start; the values must be those of XLA's default level, bit for bit.
+  model = models.create_model(name, 10, **kwargs)
+  tx = optimizers.create_optimizer('momentum', 0.1, 0.9)
+  fast = steps.create_train_state(model, tx, (28, 28, 1), 3, ema=True)
+  default_level = jax.jit(steps.state_initializer(
+      model, tx, (28, 28, 1), ema=True))(jax.random.PRNGKey(3))
+  assert steps.RUN_ONCE_COMPILER_OPTIONS
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(default_level),
+                  strict=True):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+
+
+def _resnet_state(**kwargs):
+  model = models.create_model('resnet20', 10, dropout_rate=0.5)
+  tx = optimizers.create_optimizer('sgd', 0.05, 0.9)
+  return steps.create_train_state(model, tx, (28, 28, 1), 0, **kwargs)
+
+
+def test_train_step_updates_batch_stats_and_draws_dropout_per_step():
+  state = _resnet_state()
+  images, labels = _fixed_batch()
+  step = jax.jit(steps.train_step)
+  after = step(state, images, labels)
+  assert not np.array_equal(
+      jax.tree.leaves(after.model_state)[0],
+      jax.tree.leaves(state.model_state)[0])
+  # The same step (same fold_in(rng, step)) draws the same mask: the same
+  # result twice; a later step, with the same parameters, draws another.
+  again = step(_resnet_state(), images, labels)
+  for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(again.params)):
+    np.testing.assert_array_equal(a, b)
+  shifted = _resnet_state()
+  shifted = step(shifted.replace(step=jnp.ones((), jnp.int32)), images,
+                 labels)
+  dense = lambda s: s.params['Dense_0']['kernel']  # After the dropout.
+  assert not np.array_equal(dense(after), dense(shifted))
+
+
+def test_eval_uses_running_statistics_without_changing_them():
+  state = _resnet_state()
+  images, labels = _fixed_batch()
+  first = steps.eval_step(state, images, labels, jnp.ones(16, bool))
+  second = steps.eval_step(state, images, labels, jnp.ones(16, bool))
+  assert first.compute()['loss'] == second.compute()['loss']
+
+
+def test_ema_follows_its_formula():
+  state = _resnet_state(ema=True)
+  images, labels = _fixed_batch()
+  step = jax.jit(functools.partial(steps.train_step, ema_decay=0.9))
+  first = step(state, images, labels)
+  # Update 1: the mean of the initial and the new variables (1/2 > 1 - 0.9).
+  for ema, old, new in zip(jax.tree.leaves(first.ema_variables),
+                           jax.tree.leaves(state.eval_variables(False)),
+                           jax.tree.leaves(first.eval_variables(False))):
+    np.testing.assert_allclose(ema, 0.5 * old + 0.5 * new, rtol=1e-6,
+                               atol=1e-7)
+  later = first.replace(step=jnp.array(20, jnp.int32))
+  after = step(later, images, labels)
+  # Update 21: 1/22 < 0.1, so the EMA rate 0.1 (BatchNorm statistics too).
+  for ema, old, new in zip(jax.tree.leaves(after.ema_variables),
+                           jax.tree.leaves(later.ema_variables),
+                           jax.tree.leaves(after.eval_variables(False))):
+    np.testing.assert_allclose(ema, 0.9 * old + 0.1 * new, rtol=1e-5,
+                               atol=1e-6)
+  with_ema = steps.eval_step(after, images, labels, jnp.ones(16, bool),
+                             use_ema=True)
+  live = steps.eval_step(after, images, labels, jnp.ones(16, bool))
+  assert with_ema.compute()['loss'] != live.compute()['loss']
+
+
+def test_label_smoothing_follows_its_formula():
+  logits = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+  labels = jnp.array([0, 2])
+  a = 0.1
+  log_p = jax.nn.log_softmax(logits)
+  targets = (1 - a) * jax.nn.one_hot(labels, 3) + a / 3
+  expected = -(targets * log_p).sum(-1)
+  np.testing.assert_allclose(steps.cross_entropy(logits, labels, a),
+                             expected, rtol=1e-6)
+  np.testing.assert_allclose(steps.cross_entropy(logits, labels),
+                             -log_p[jnp.arange(2), labels], rtol=1e-6)
+
+
+def test_top5_accuracy_only_with_more_than_5_classes():
+  assert 'top5_accuracy' in steps.create_metrics(10).__annotations__
+  assert 'top5_accuracy' not in steps.create_metrics(5).__annotations__
+  logits = jnp.array([[9., 8, 7, 6, 5, 4, 3], [9., 8, 7, 6, 5, 4, 3]])
+  metrics = steps.create_metrics(7).single_from_model_output(
+      loss=jnp.zeros(2), logits=logits, labels=jnp.array([4, 5]))
+  values = metrics.compute()
+  assert float(values['top5_accuracy']) == 0.5
+  assert float(values['accuracy']) == 0.0
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_state():
+  model = models.create_model('cnn', 10, dtype='bfloat16')
+  state = steps.create_train_state(
+      model, optimizers.create_optimizer('sgd', 0.05, 0.9), (28, 28, 1), 0)
+  images, labels = _fixed_batch()
+  state = jax.jit(steps.train_step)(state, images, labels)
+  dtypes = {x.dtype for x in jax.tree.leaves((state.params,
+                                               state.opt_state))}
+  assert dtypes == {np.dtype(np.float32)}
+  assert state.window_metrics.compute()['loss'].dtype == np.float32
