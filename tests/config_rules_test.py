@@ -1,15 +1,10 @@
 """Tests for config_rules.py: values refused before a run starts."""
 
-import os
 import re
 
 import pytest
 
-import conftest
-import models
-import optimizers
 import config_rules
-import input_pipeline
 from configs import default
 
 
@@ -83,20 +78,6 @@ def test_batch_size_must_divide_by_devices():
   with pytest.raises(config_rules.ConfigError,
                      match='30 is not divisible by the 4'):
     config_rules.validate_config(config, device_count=4)
-
-
-def test_eval_batch_size_is_cut_to_the_test_set():
-  assert input_pipeline.fit_eval_batch_size(1000, [50], 1) == 50
-  assert input_pipeline.fit_eval_batch_size(1000, [50], 4) == 52
-  assert input_pipeline.fit_eval_batch_size(20, [50], 4) == 20
-
-
-def test_every_table_name_is_in_the_readme():
-  readme = open(os.path.join(conftest.ROOT, 'README.md')).read()
-  for table in (models.MODELS, optimizers.OPTIMIZERS,
-                optimizers.LR_SCHEDULES):
-    for name in table:
-      assert f'`{name}`' in readme, name
 
 
 def test_data_on_device_needs_one_process():

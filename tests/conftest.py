@@ -1,8 +1,10 @@
-"""Shared test set-up: import path, IDX writers and small data folders."""
+"""Shared test set-up: import path, warning filters, IDX writers, small
+data folders and splits, and checks of whole runs."""
 
 import gzip
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -28,8 +30,33 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 # users' runs do (summary.json's `runtime` then matches theirs).
 import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
 runtime.setup(log=False)
+import data_sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+
+
+def project_modules() -> list[str]:
+  """The importable names of this project's own modules: the top-level
+  files, bench/'s (imported with bench/ on the path), configs.* and tests."""
+  names = [f[:-3] for folder in (ROOT, os.path.join(ROOT, 'bench'))
+           for f in sorted(os.listdir(folder)) if f.endswith('.py')]
+  configs = [f'configs.{f[:-3]}' for f in sorted(os.listdir(
+      os.path.join(ROOT, 'configs'))) if f.endswith('.py')]
+  tests = [f[:-3] for f in sorted(os.listdir(os.path.dirname(
+      os.path.abspath(__file__)))) if f.endswith('.py')]
+  return names + configs + tests
+
+
+def own_deprecations_filter() -> str:
+  """A pytest filterwarnings entry that shows the DeprecationWarnings of
+  every project module (pytest.ini ignores everyone else's)."""
+  names = '|'.join(re.escape(n) for n in project_modules())
+  return f'default::DeprecationWarning:({names})$'
+
+
+def pytest_configure(config):
+  # Added after pytest.ini's entries, so it takes precedence over them.
+  config.addinivalue_line('filterwarnings', own_deprecations_filter())
 
 
 def run_python(args, env=None, timeout=300, **kwargs):
@@ -97,6 +124,18 @@ def make_image_folder(path, classes=('cat', 'dog', 'fox'), num_train=8,
         ext = 'jpg' if i % 4 == 3 else 'png'
         Image.fromarray(image).save(os.path.join(folder, f'{i:03d}.{ext}'))
   return path
+
+
+def numbered_split(n):
+  """An in-memory split whose image i is the number i (one pixel)."""
+  images = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)
+  return data_sources.Split(images=images, labels=np.arange(n) % 10)
+
+
+def streamed(split):
+  """The same examples behind a non-memory split type, so batches are read
+  by Grain's threads as for files."""
+  return data_sources.Subset(split, np.arange(len(split)))
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import pytest
 
 import conftest
 import image_folder
-import input_pipeline
 import data_sources
 
 

@@ -14,7 +14,6 @@ import sys
 import pytest
 
 import conftest
-import input_pipeline
 import main
 import train
 import workdir_files
