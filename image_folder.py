@@ -10,7 +10,8 @@ Every file is opened once before training (`scan`), in parallel threads and,
 with several processes, each process opening its share, so an unreadable
 one is named before the first step, never mid-epoch. A
 `FolderSplit` then decodes the images of each batch when asked for them; the
-input pipeline may instead decode a split once into memory when it fits.
+data sources (data_sources.py) may instead decode a split once into memory
+when it fits.
 """
 
 import concurrent.futures
@@ -31,8 +32,8 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 # Threads for opening and decoding files, one per core: PIL releases the GIL
 # while it decodes, so photos decode in parallel (bench/benchmark.py
-# --mode=input: 224 px JPEGs 1.9x faster on 2 threads than 1); more threads
-# than cores only add GIL contention.
+# --mode=input measures it); more threads than cores only add GIL
+# contention.
 NUM_THREADS = min(32, os.cpu_count() or 1)
 _CHUNK = 4096
 

@@ -4,7 +4,7 @@ The CIFAR-style ResNet-20 (0.27 M parameters, 3x3 stem for 28 px images)
 with BatchNorm, SGD with momentum 0.9, warm-up + cosine decay, masked weight
 decay, label smoothing, random crops and flips, and a parameter EMA used for
 evaluation.
-See the README (Results) for what it reaches and how long it takes.
+The README (Results) says what it reaches and how long it takes.
 """
 
 from configs import fashion_mnist

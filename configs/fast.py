@@ -2,7 +2,7 @@
 
 Same model and data as configs/fashion_mnist.py; a shorter schedule with
 Adam and warm-up + cosine decay reaches the accuracy the quick-start recipe
-reaches after 10 epochs in a fraction of the time (see README, Performance).
+reaches after 10 epochs in a fraction of the time (docs/performance.md).
 """
 
 from configs import fashion_mnist

@@ -246,7 +246,8 @@ def test_validation_split_chooses_the_best_checkpoint(tmp_path,
   workdir = str(tmp_path / 'w')
   # 192 training examples left: 24 steps per epoch, 3 epochs.
   summary = run(small_data_dir, workdir, validation_fraction=0.25,
-                num_train_steps=72, max_checkpoints_to_keep=1)
+                num_train_steps=72, max_checkpoints_to_keep=1,
+                eval_batch_size=1000)
   history = summary['history']
   assert [h['step'] for h in history] == [24, 48, 72]
   best = max(reversed(history), key=lambda h: h['validation_accuracy'])
@@ -262,9 +263,15 @@ def test_validation_split_chooses_the_best_checkpoint(tmp_path,
   report = inference.evaluate_checkpoint(config, workdir, 'best',
                                          'validation')
   assert report['split'] == 'validation' and report['examples'] == 64
-  assert report['accuracy'] == pytest.approx(best['validation_accuracy'],
-                                             abs=1e-6)
+  assert report['accuracy'] == best['validation_accuracy']
+  assert report['loss'] == best['validation_loss']
   assert 'on 64 validation examples' in inference.format_report(report)
+  # The 50 test examples are evaluated in the batches training used (cut
+  # to the larger validation split), so the numbers are the same exactly.
+  report = inference.evaluate_checkpoint(config, workdir, 'latest', 'test')
+  assert report['examples'] == 50
+  assert (report['loss'], report['accuracy']) == (summary['test_loss'],
+                                                  summary['test_accuracy'])
 
 
 def test_image_folder_streamed_and_resumed_equals_in_memory(tmp_path,
