@@ -8,17 +8,19 @@ are finished (so wall time around it is honest), and `evaluate()`.
   description: tf.data over the in-memory arrays with shuffle(1024) and
   batch 32, a jitted `train_step`, then a separate jitted metrics pass over
   the same batch, metrics accumulated in the state.
-* `trainer`: this project's own pieces as `train.train_and_evaluate` uses
-  them: `train.train_inputs` (host batches sent ahead, or gathered on the
-  device), the donated jitted `train.train_step` with fused loss/accuracy;
-  `trainer_on_device` the same with `data_on_device` (the training set
-  copied to the device once, batches gathered there).
+* `trainer`: this project's own pieces as the training loop (train.py)
+  uses them: `input_pipeline.device_train_batches` (host batches sent
+  ahead, or gathered on the device) and the donated jitted
+  `steps.train_step` with fused loss/accuracy; `trainer_on_device` the same
+  with `data_on_device` (the training set copied to the device once,
+  batches gathered there).
 * `torch`: the same CNN and optimiser in PyTorch, on the GPU when PyTorch
   sees one (the training set copied there once, batches indexed there, as a
   hand-written loop at its best does), else on the CPU.
 """
 
 import functools
+import importlib.util
 import itertools
 import os
 import sys
@@ -29,12 +31,25 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# The quick start's batch size, and its optimiser, which every CNN
+# contender trains with.
+QUICK_START_BATCH_SIZE = 32
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+# The quick start's tf.data shuffle buffer.
+SHUFFLE_BUFFER = 1024
+# Test examples per evaluation batch.
+EVAL_BATCH_SIZE = 1000
+# ResNet-50 as on ImageNet: its classes and SGD's learning rate.
+RESNET50_CLASSES = 1000
+RESNET50_LEARNING_RATE = 0.1
+
 
 class Reference:
   """Flax quick start: tf.data input, train_step then compute_metrics."""
 
-  def __init__(self, data, batch_size, learning_rate=0.01, momentum=0.9,
-               seed=0):
+  def __init__(self, data, batch_size, learning_rate=LEARNING_RATE,
+               momentum=MOMENTUM, seed=0):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import optax  # pylint: disable=g-import-not-at-top
@@ -47,15 +62,15 @@ class Reference:
     self.batch_size = batch_size
     try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    except ImportError:  # The GPU machines lend no TensorFlow (600 MB).
+    except ImportError:  # The GPU machines lend no TensorFlow (it is large).
       self.iterator = shuffle_buffer_batches(
           _float(data.train.images), data.train.labels, batch_size, seed)
     else:
       tf.random.set_seed(seed)
       ds = tf.data.Dataset.from_tensor_slices(
           {'image': _float(data.train.images), 'label': data.train.labels})
-      ds = ds.repeat().shuffle(1024, seed=seed).batch(batch_size,
-                                                       drop_remainder=True)
+      ds = ds.repeat().shuffle(SHUFFLE_BUFFER, seed=seed).batch(
+          batch_size, drop_remainder=True)
       self.iterator = ds.prefetch(1).as_numpy_iterator()
 
     @flax.struct.dataclass
@@ -110,23 +125,23 @@ class Reference:
     # remainder; here full-size batches, counting every example.
     correct = 0
     test = self.data.test
-    for start in range(0, len(test), 1000):
-      logits = self._eval_logits(self.state,
-                                 _float(test.images[start:start + 1000]))
+    for start in range(0, len(test), EVAL_BATCH_SIZE):
+      end = start + EVAL_BATCH_SIZE
+      logits = self._eval_logits(self.state, _float(test.images[start:end]))
       correct += int((np.asarray(logits).argmax(-1) ==
-                      test.labels[start:start + 1000]).sum())
+                      test.labels[start:end]).sum())
     return correct / len(test)
 
 
 def reference_input() -> str:
   """How the reference loop gets its batches on this machine."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   if importlib.util.find_spec('tensorflow'):
     return 'tf.data'
   return 'a NumPy shuffle buffer (no TensorFlow here)'
 
 
-def shuffle_buffer_batches(images, labels, batch_size, seed, buffer_size=1024):
+def shuffle_buffer_batches(images, labels, batch_size, seed,
+                           buffer_size=SHUFFLE_BUFFER):
   """Batches as tf.data's repeat().shuffle(buffer_size).batch() makes them:
   each example comes from a random slot of a buffer that the stream refills.
 
@@ -146,38 +161,37 @@ def shuffle_buffer_batches(images, labels, batch_size, seed, buffer_size=1024):
 
 
 class Trainer:
-  """This project's loop pieces, as train.train_and_evaluate uses them."""
+  """This project's step and input pieces, as the training loop uses them."""
 
-  def __init__(self, data, batch_size, learning_rate=0.01, momentum=0.9,
-               seed=0, model='cnn', model_kwargs=None, prefetch_batches=2,
-               data_on_device=False):
+  def __init__(self, data, batch_size, learning_rate=LEARNING_RATE,
+               momentum=MOMENTUM, seed=0, model='cnn', model_kwargs=None,
+               prefetch_batches=2, data_on_device=False):
     import jax  # pylint: disable=g-import-not-at-top
-    from configs import default  # pylint: disable=g-import-not-at-top
+    import distributed  # pylint: disable=g-import-not-at-top
     import input_pipeline  # pylint: disable=g-import-not-at-top
     import models  # pylint: disable=g-import-not-at-top
-    import distributed  # pylint: disable=g-import-not-at-top
     import optimizers  # pylint: disable=g-import-not-at-top
-    import train  # pylint: disable=g-import-not-at-top
+    import steps  # pylint: disable=g-import-not-at-top
 
     self.data, self.batch_size, self.seed = data, batch_size, seed
-    self.config = default.get_config()
-    self.config.update(batch_size=batch_size, seed=seed,
-                       prefetch_batches=prefetch_batches,
-                       data_on_device=data_on_device)
+    self.prefetch_batches, self.data_on_device = (prefetch_batches,
+                                                  data_on_device)
     self.mesh = distributed.Mesh()
     tx = optimizers.create_optimizer('sgd', learning_rate, momentum)
-    self.state = self.mesh.put_replicated(train.create_train_state(
+    self.state = self.mesh.put_replicated(steps.create_train_state(
         models.create_model(model, len(data.class_names),
                             **(model_kwargs or {})), tx,
         tuple(data.train.image_shape), seed))
-    self._step, self._eval = train.jit_steps(self.mesh)
+    self._step, self._eval = steps.jit_steps(self.mesh)
     self._next_step = 0
-    self._jax, self._input_pipeline, self._train = jax, input_pipeline, train
+    self._jax, self._input_pipeline, self._steps = jax, input_pipeline, steps
     self._distributed = distributed
 
   def run(self, num_steps):
-    batches = self._train.train_inputs(self.config, self.data.train,
-                                       self._next_step, num_steps, self.mesh)
+    batches = self._input_pipeline.device_train_batches(
+        self.data.train, self.batch_size, self.seed, self._next_step,
+        num_steps, self.mesh, prefetch_batches=self.prefetch_batches,
+        on_device=self.data_on_device)
     wait = self._distributed.one_step_in_flight()
     for batch in batches:
       self.state = self._step(self.state, *batch)
@@ -187,15 +201,15 @@ class Trainer:
     self._jax.block_until_ready(self.state)
 
   def evaluate(self):
-    return self._train.evaluate(self._eval, self.state, self.data.test, 1000,
-                                self.mesh)['accuracy']
+    return self._steps.evaluate(self._eval, self.state, self.data.test,
+                                EVAL_BATCH_SIZE, self.mesh)['accuracy']
 
 
 class Torch:
   """The quick-start CNN and SGD with momentum in PyTorch (CUDA if seen)."""
 
-  def __init__(self, data, batch_size, learning_rate=0.01, momentum=0.9,
-               seed=0):
+  def __init__(self, data, batch_size, learning_rate=LEARNING_RATE,
+               momentum=MOMENTUM, seed=0):
     import torch  # pylint: disable=g-import-not-at-top
     from torch import nn  # pylint: disable=g-import-not-at-top
 
@@ -261,16 +275,16 @@ class TrainerResNet50:
     import distributed  # pylint: disable=g-import-not-at-top
     import models  # pylint: disable=g-import-not-at-top
     import optimizers  # pylint: disable=g-import-not-at-top
-    import train  # pylint: disable=g-import-not-at-top
+    import steps  # pylint: disable=g-import-not-at-top
 
     self.mesh = distributed.Mesh()
-    self.state = self.mesh.put_replicated(train.create_train_state(
-        models.create_model('resnet50', 1000, dtype='bfloat16'),
-        optimizers.create_optimizer('sgd', 0.1, 0.9),
+    self.state = self.mesh.put_replicated(steps.create_train_state(
+        models.create_model('resnet50', RESNET50_CLASSES, dtype='bfloat16'),
+        optimizers.create_optimizer('sgd', RESNET50_LEARNING_RATE, MOMENTUM),
         (image_size, image_size, 3), seed))
     images, labels = synthetic_batch(batch_size, image_size, seed)
     self.batch = self.mesh.put_batch(images, labels)
-    self._step, _ = train.jit_steps(self.mesh)
+    self._step, _ = steps.jit_steps(self.mesh)
     self._jax = jax
 
   def flops_per_image(self):
@@ -296,10 +310,12 @@ class TorchResNet50:
     torch.manual_seed(seed)
     self.torch = torch
     self.device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    self.model = torchvision.models.resnet50().to(
-        self.device, memory_format=torch.channels_last)
-    self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1,
-                                     momentum=0.9)
+    self.model = torchvision.models.resnet50(
+        num_classes=RESNET50_CLASSES).to(self.device,
+                                         memory_format=torch.channels_last)
+    self.optimizer = torch.optim.SGD(self.model.parameters(),
+                                     lr=RESNET50_LEARNING_RATE,
+                                     momentum=MOMENTUM)
     self.loss_fn = torch.nn.CrossEntropyLoss()
     images, labels = synthetic_batch(batch_size, image_size, seed)
     # The same scaling to [0, 1] as the trainer's, inside each step.
@@ -324,7 +340,7 @@ def synthetic_batch(batch_size, image_size, seed):
   rng = np.random.default_rng(seed)
   return (rng.integers(0, 256, (batch_size, image_size, image_size, 3),
                        dtype=np.uint8),
-          rng.integers(0, 1000, batch_size).astype(np.int32))
+          rng.integers(0, RESNET50_CLASSES, batch_size).astype(np.int32))
 
 
 CONTENDERS = {'reference': Reference, 'trainer': Trainer,
@@ -332,20 +348,31 @@ CONTENDERS = {'reference': Reference, 'trainer': Trainer,
                                                      data_on_device=True),
               'torch': Torch}
 RESNET50 = {'trainer': TrainerResNet50, 'torch': TorchResNet50}
+# Libraries a contender needs beyond the trainer's requirements.txt
+# (bench/requirements.txt installs PyTorch); one not installed is left out.
+NEEDS = {'torch': ('torch',)}
+RESNET50_NEEDS = {'torch': ('torch', 'torchvision')}
+
+
+def missing_libraries(kind: str, needs=None) -> list[str]:
+  """The libraries of `needs` (default NEEDS) that `kind` lacks here."""
+  return [name for name in (needs or NEEDS).get(kind, ())
+          if importlib.util.find_spec(name) is None]
 
 
 def _float(images):
   """uint8 -> float32 in [0, 1], as the quick start and PyTorch loops take
   their data (the trainer takes uint8 and scales on the device)."""
-  import input_pipeline  # pylint: disable=g-import-not-at-top
-  return input_pipeline.to_float(images)
+  return images.astype(np.float32) / np.float32(255)
 
 
 def make(name, data, batch_size, **kwargs):
+  """The contender `name` (a key of CONTENDERS) on `data`."""
   return CONTENDERS[name](data, batch_size, **kwargs)
 
 
 def timed(fn, *args):
+  """Wall seconds of fn(*args)."""
   start = time.perf_counter()
   fn(*args)
   return time.perf_counter() - start

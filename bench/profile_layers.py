@@ -8,7 +8,7 @@ quick-start CNN on its own (jitted, best of 3 runs of 50), at batch 32 and
 128. Input gradients are taken where the real step needs them (not for the
 first conv).
 
-`ops` runs the trainer's whole jitted step (`train.train_step`) 50 times
+`ops` runs the trainer's whole jitted step (`steps.train_step`) 50 times
 under JAX's profiler and sums the time of each XLA operation of the
 compiled program, named by the model code it comes from, with the page
 faults per step beside it. The profiler adds a little time of its own.
@@ -30,13 +30,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-import distributed  # pylint: disable=wrong-import-position
-import host_memory  # pylint: disable=wrong-import-position
+import runtime  # pylint: disable=wrong-import-position
 
-# The trainer's XLA flags and malloc settings (main.py sets them), before
+# The trainer's XLA flags and malloc settings, as main.py sets them, before
 # JAX starts.
-distributed.add_default_xla_flags()
-host_memory.keep_freed_memory()
+runtime.setup(log=False)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn
@@ -44,16 +42,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import contenders
 import models
 import optimizers
-import train
+import steps
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
+BATCHES = (32, 128)
+# Calls per timed run, and runs (the best counts).
+TIMED_CALLS = 50
+TIMED_RUNS = 3
+# ops: steps before timing, and the operations listed per batch size.
+WARMUP_STEPS = 10
+TOP_OPS = 20
 
-def best_seconds(fn, *args, n=50):
+
+def best_seconds(fn, *args, n=TIMED_CALLS):
+  """Seconds per call of fn(*args), the best of TIMED_RUNS runs of n."""
   jax.block_until_ready(fn(*args))
   best = float('inf')
-  for _ in range(3):
+  for _ in range(TIMED_RUNS):
     start = time.perf_counter()
     for _ in range(n):
       out = fn(*args)
@@ -80,7 +88,8 @@ class Head(nn.Module):
 
 
 def blocks():
-  for batch in (32, 128):
+  """Prints each block's forward and forward+backward time."""
+  for batch in BATCHES:
     blocks = [('conv1 block', ConvBlock(32), (batch, 28, 28, 1), (0,)),
               ('conv2 block', ConvBlock(64), (batch, 14, 14, 32), (0, 1)),
               ('dense head', Head(), (batch, 7, 7, 64), (0, 1))]
@@ -114,33 +123,36 @@ def op_sources(hlo_text: str) -> dict:
   return sources
 
 
-def ops(top=20, steps=50):
-  for batch in (32, 128):
-    state = train.create_train_state(
+def ops(top=TOP_OPS, num_steps=TIMED_CALLS):
+  """Prints the step's time and its `top` XLA operations by time."""
+  for batch in BATCHES:
+    state = steps.create_train_state(
         models.create_model('cnn', 10),
-        optimizers.create_optimizer('sgd', 0.01, 0.9), (28, 28, 1), 0)
+        optimizers.create_optimizer('sgd', contenders.LEARNING_RATE,
+                                    contenders.MOMENTUM),
+        (28, 28, 1), 0)
     rng = np.random.RandomState(0)
     images = jnp.asarray(rng.randint(0, 256, (batch, 28, 28, 1), np.uint8))
     labels = jnp.asarray(rng.randint(0, 10, (batch,)).astype(np.int32))
     # The compiled program itself is stepped, so the names are its own (and
     # it is compiled once: jit's cache does not hold ahead-of-time builds).
-    step = jax.jit(train.train_step, donate_argnums=0).lower(
+    step = jax.jit(steps.train_step, donate_argnums=0).lower(
         state, images, labels).compile()
     sources = op_sources(step.as_text())
-    for _ in range(10):
+    for _ in range(WARMUP_STEPS):
       state = step(state, images, labels)
     jax.block_until_ready(state)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(num_steps):
       state = step(state, images, labels)
     jax.block_until_ready(state)
-    seconds = (time.perf_counter() - start) / steps
+    seconds = (time.perf_counter() - start) / num_steps
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt -
-              faults) / steps
+              faults) / num_steps
     with tempfile.TemporaryDirectory() as trace_dir:
       with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        for _ in range(steps):
+        for _ in range(num_steps):
           state = step(state, images, labels)
         jax.block_until_ready(state)
       path = glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'),
@@ -151,7 +163,7 @@ def ops(top=20, steps=50):
     total = collections.Counter()
     for e in events:
       if e.get('ph') == 'X' and e['name'] in sources:
-        total[e['name']] += e['dur'] / 1e3 / steps
+        total[e['name']] += e['dur'] / 1e3 / num_steps
     print(f'batch {batch}: {seconds * 1e3:.2f} ms per step untraced, '
           f'{batch / seconds:.0f} images/s, {faults:.0f} page faults per '
           f'step; XLA ops under the profiler sum to '
@@ -165,7 +177,7 @@ def main():
   parser.add_argument('--mode', choices=['blocks', 'ops'], default='blocks')
   args = parser.parse_args()
   print(f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; malloc: '
-        f'{host_memory.applied or "unchanged"}')
+        f'{runtime.malloc_applied or "unchanged"}')
   {'blocks': blocks, 'ops': ops}[args.mode]()
 
 
