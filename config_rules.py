@@ -19,10 +19,6 @@ import models
 import optimizers
 
 
-class ConfigError(ValueError):
-  """A config value that cannot be used; the message names it."""
-
-
 # Keys that may differ between a checkpoint and the run resuming from it, and
 # what the change means. Keys that must not differ are in resume_signature.
 RESUME_CHANGES = {
@@ -53,6 +49,10 @@ _POSITIVE = ('learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',
              'max_checkpoints_to_keep', 'grad_accum_steps')
 _NON_NEGATIVE = ('momentum', 'weight_decay', 'warmup_epochs',
                  'grad_clip_norm')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot be used; the message names it."""
 
 
 def validate_config(config: ml_collections.ConfigDict, device_count: int,

@@ -21,6 +21,14 @@ import cli
 
 FLAGS = flags.FLAGS
 
+# What TensorFlow's C++ side prints to stderr on every import, whatever the
+# log level (it loads before absl's C++ logging is set up).
+_NATIVE_BANNERS = ('All log messages before absl::InitializeLog()',
+                   'oneDNN custom operations are on',
+                   'This TensorFlow binary is optimized',
+                   'To enable the following instructions',
+                   'rebuild TensorFlow with the appropriate compiler flags')
+
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, '
                     'plots and summary; rerunning with it resumes.')
 config_flags.DEFINE_config_file(
@@ -84,15 +92,6 @@ def _skip_closed_event_loop(hook):
     hook(unraisable)
 
   return skip
-
-
-# What TensorFlow's C++ side prints to stderr on every import, whatever the
-# log level (it loads before absl's C++ logging is set up).
-_NATIVE_BANNERS = ('All log messages before absl::InitializeLog()',
-                   'oneDNN custom operations are on',
-                   'This TensorFlow binary is optimized',
-                   'To enable the following instructions',
-                   'rebuild TensorFlow with the appropriate compiler flags')
 
 
 @contextlib.contextmanager

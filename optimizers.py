@@ -12,6 +12,9 @@ from typing import Callable
 import jax
 import optax
 
+# Optimizers that use config.weight_decay (masked, see decay_mask).
+TAKE_WEIGHT_DECAY = ('sgd', 'momentum', 'adamw')
+
 
 class OptimizerError(ValueError):
   """An optimizer setting that cannot be used; the message names it."""
@@ -58,10 +61,6 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     'adam': _adam,
     'adamw': _adamw,
 }
-
-# Optimizers that use config.weight_decay (masked, see decay_mask).
-TAKE_WEIGHT_DECAY = ('sgd', 'momentum', 'adamw')
-
 
 def check_settings(name: str, momentum: float, weight_decay: float):
   """Raises OptimizerError for settings optimizer `name` cannot use; the
