@@ -230,6 +230,7 @@ def test_batchnorm_on_four_devices_uses_the_global_batch(tmp_path, data_dir):
   assert jax.tree.leaves(variables['model_state'])  # Statistics compared.
 
 
+@pytest.mark.slow
 def test_two_processes_stream_an_image_folder_with_validation(tmp_path):
   # Each process decodes only its slice of every batch from the files; the
   # run matches one process holding the whole folder in memory.

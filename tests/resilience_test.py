@@ -195,8 +195,9 @@ def resnet_reference(tmp_path_factory, data_dir):
   return workdir
 
 
-@pytest.mark.parametrize('point,step', [
-    ('step', 30), pytest.param('checkpoint', 24, marks=pytest.mark.slow)])
+# A ResNet-20 run in real processes (about 45 s): CI and `make test-all`.
+@pytest.mark.slow
+@pytest.mark.parametrize('point,step', [('step', 30), ('checkpoint', 24)])
 def test_resnet_with_every_kind_of_state_resumes_bitwise(
     tmp_path, data_dir, resnet_reference, point, step):
   workdir = str(tmp_path / 'w')
