@@ -129,18 +129,20 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
         config=config.to_dict())
 
   if start_step >= total_steps:
-    manager.close()
+    summary = None
     if os.path.isfile(os.path.join(workdir, workdir_files.SUMMARY)):
       logging.info('Run in %s already finished at step %d of %d; nothing to '
                    'train. Results are in %s', workdir, start_step,
                    total_steps, os.path.join(workdir, workdir_files.SUMMARY))
-      return None
-    # Killed after its last checkpoint but before its results: everything
-    # they need is in that checkpoint.
-    logging.warning('Run in %s finished at step %d but has no summary.json; '
-                    'writing its results from checkpoint %d', workdir,
-                    start_step, start_step)
-    return write_results(state, start_step)
+    else:
+      # Killed after its last checkpoint but before its results: everything
+      # they need is in that checkpoint.
+      logging.warning('Run in %s finished at step %d but has no '
+                      'summary.json; writing its results from checkpoint %d',
+                      workdir, start_step, start_step)
+      summary = write_results(state, start_step)
+    manager.close()
+    return summary
   if is_main:
     # Points logged after the restored step by a killed session go, so the
     # resumed session writes each (tag, step) exactly once.
