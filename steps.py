@@ -204,8 +204,9 @@ def update_ema(ema, variables, opt_state, step, decay: float):
   new = optax.incremental_update(variables, ema, rate)
   if isinstance(opt_state, optax.MultiStepsState):
     # Between accumulated updates the parameters do not move; neither does
-    # their average.
-    moved = optax.MultiSteps.has_updated(opt_state)
+    # their average. (optax.MultiSteps.has_updated's test, which needs the
+    # MultiSteps object, not only its state.)
+    moved = (opt_state.mini_step == 0) & (opt_state.gradient_step > 0)
     new = jax.tree.map(lambda n, o: jnp.where(moved, n, o), new, ema)
   return new
 

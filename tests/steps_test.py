@@ -180,6 +180,27 @@ def test_ema_follows_its_formula():
   assert with_ema.compute()['loss'] != live.compute()['loss']
 
 
+def test_ema_with_gradient_accumulation_moves_only_on_updates():
+  state = steps.create_train_state(
+      models.create_model('cnn', 10),
+      optimizers.create_optimizer('sgd', 0.05, 0.9, grad_accum_steps=2),
+      (28, 28, 1), 0, ema=True)
+  images, labels = _fixed_batch()
+  step = jax.jit(functools.partial(steps.train_step, ema_decay=0.9))
+  first = step(state, images, labels)  # A micro-step: nothing moves.
+  for ema, old in zip(jax.tree.leaves(first.ema_variables),
+                      jax.tree.leaves(state.ema_variables)):
+    np.testing.assert_array_equal(ema, old)
+  second = step(first, images, labels)  # Update 1: the mean of both.
+  for ema, old, new in zip(jax.tree.leaves(second.ema_variables),
+                           jax.tree.leaves(state.eval_variables(False)),
+                           jax.tree.leaves(second.eval_variables(False))):
+    np.testing.assert_allclose(ema, 0.5 * old + 0.5 * new, rtol=1e-6,
+                               atol=1e-7)
+  assert not np.array_equal(jax.tree.leaves(second.params)[0],
+                            jax.tree.leaves(state.params)[0])
+
+
 def test_label_smoothing_follows_its_formula():
   logits = jnp.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
   labels = jnp.array([0, 2])
