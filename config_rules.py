@@ -47,8 +47,10 @@ RESUME_CHANGES = {
 _POSITIVE = ('learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',
              'log_every_steps', 'checkpoint_every_steps',
              'max_checkpoints_to_keep', 'grad_accum_steps')
-_NON_NEGATIVE = ('momentum', 'weight_decay', 'warmup_epochs',
-                 'grad_clip_norm')
+_NON_NEGATIVE = ('weight_decay', 'warmup_epochs', 'grad_clip_norm', 'seed')
+# Fractions and decay rates: in [0, 1).
+_FRACTIONS = ('momentum', 'label_smoothing', 'ema_decay',
+              'validation_fraction')
 
 
 class ConfigError(ValueError):
@@ -67,7 +69,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
   for key in _NON_NEGATIVE:
     if not config[key] >= 0:
       raise ConfigError(f'{key} must be >= 0, got {config[key]!r}')
-  for key in ('label_smoothing', 'ema_decay', 'validation_fraction'):
+  for key in _FRACTIONS:
     if not 0 <= config[key] < 1:
       raise ConfigError(f'{key} must be in [0, 1), got {config[key]!r}')
   if config.image_size < 0 or config.prefetch_batches < 0:
@@ -106,6 +108,17 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
       raise ConfigError(f'{key} {config[key]} is not divisible by the '
                         f'{device_count} devices; use a multiple of '
                         f'{device_count}')
+
+
+def check_schedule(lr_schedule: str, warmup_epochs: float, warmup_steps: int,
+                   total_steps: int):
+  """Refuses a warm-up that would not end before the run does (the
+  learning rate would never reach its peak)."""
+  if lr_schedule == 'warmup_cosine' and warmup_steps >= total_steps:
+    raise ConfigError(
+        f'warmup_epochs {warmup_epochs} is {warmup_steps} steps, not shorter '
+        f'than the run ({total_steps} steps); accepted: a warm-up shorter '
+        f'than the run, or lr_schedule cosine')
 
 
 def resume_signature(state, config, dataset, total_updates: int,

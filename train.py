@@ -69,6 +69,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   steps_per_epoch, total_steps, warmup_steps = steps.compute_steps(
       len(dataset.train), config.batch_size, config.num_epochs,
       config.num_train_steps, config.warmup_epochs)
+  config_rules.check_schedule(config.lr_schedule, config.warmup_epochs,
+                              warmup_steps, total_steps)
   eval_batch_size = input_pipeline.fit_eval_batch_size(
       config.eval_batch_size, [len(s) for s in dataset.eval_splits().values()],
       jax.device_count())

@@ -19,7 +19,7 @@ from configs import default
     ('num_train_steps', 0, 'num_train_steps must be -1'),
     ('learning_rate', float('nan'), 'learning_rate must be a finite number'),
     ('momentum', float('inf'), 'momentum must be a finite number'),
-    ('momentum', -0.5, 'momentum must be >= 0, got -0.5'),
+    ('momentum', -0.5, 'momentum must be in [0, 1), got -0.5'),
     ('log_every_steps', 0, 'log_every_steps must be > 0'),
     ('checkpoint_every_steps', -10, 'checkpoint_every_steps must be > 0'),
     ('grad_accum_steps', 0, 'grad_accum_steps must be > 0'),

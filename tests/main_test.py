@@ -74,6 +74,10 @@ def assert_one_error_line(result, expected, code=2):
     ({'checkpoint_every_steps': -5},
      'checkpoint_every_steps must be > 0, got -5'),
     ({'warmup_epochs': -1.0}, 'warmup_epochs must be >= 0, got -1.0'),
+    ({'seed': -1}, 'seed must be >= 0, got -1'),
+    ({'momentum': 1.5}, 'momentum must be in [0, 1), got 1.5'),
+    ({'lr_schedule': 'warmup_cosine', 'warmup_epochs': 5.0},
+     'warmup_epochs 5.0 is 40 steps, not shorter than the run (24 steps)'),
     ({'model': 'vit'}, "unknown model 'vit'; accepted: cnn, mlp"),
     ({'optimizer': 'rmsprop'},
      "unknown optimizer 'rmsprop'; accepted: sgd, momentum, adam, adamw"),
@@ -89,6 +93,13 @@ def test_bad_config_is_refused_and_run_untouched(finished_run, data_dir,
                              finished_run)
   assert expected in str(error.value) and '\n' not in str(error.value)
   assert conftest.snapshot(finished_run) == before
+
+
+def test_a_refused_config_creates_no_workdir(tmp_path, data_dir):
+  workdir = tmp_path / 'new'
+  with pytest.raises(config_rules.ConfigError, match='seed must be >= 0'):
+    train.train_and_evaluate(tiny_config(data_dir, seed=-1), str(workdir))
+  assert not workdir.exists()
 
 
 def _bad_idx_dir(tmp_path, kind):
