@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+import data_sources
 import distributed
 import input_pipeline
 import runtime
@@ -186,9 +187,12 @@ def write_results(workdir: str, dataset, progress: Progress,
                   'xla_flags': os.environ.get('XLA_FLAGS', ''),
                   'malloc': runtime.malloc_applied or 'unchanged'},
   }
+  plotted = data_sources.Subset(dataset.test,
+                                plotted_examples(len(dataset.test)))
+  # One batch of them, padded to the device count as evaluation pads.
+  batch = -(-len(plotted) // jax.device_count()) * jax.device_count()
   test_images, _, _ = next(input_pipeline.eval_batches(
-      dataset.test, eval_batch_size, jax.process_index(),
-      jax.process_count()))
+      plotted, batch, jax.process_index(), jax.process_count()))
   predict = jax.jit(functools.partial(steps.predict_step, use_ema=use_ema))
   logits = predict(state, *mesh.put_batch(test_images))
   logits = multihost_utils.process_allgather(logits, tiled=True)
@@ -198,10 +202,18 @@ def write_results(workdir: str, dataset, progress: Progress,
     import plots  # pylint: disable=g-import-not-at-top  # matplotlib: 1 s.
     plots.plot_history(progress.history,
                        os.path.join(workdir, workdir_files.METRICS_PLOT))
-    n = min(NUM_PLOTTED_PREDICTIONS, len(logits))
-    images, labels = dataset.test.get(np.arange(n))
+    images, labels = plotted.get(np.arange(len(plotted)))
     plots.plot_predictions(
         images, labels,
-        np.asarray(logits[:n]).argmax(-1), dataset.class_names,
+        np.asarray(logits[:len(plotted)]).argmax(-1), dataset.class_names,
         os.path.join(workdir, workdir_files.PREDICTIONS_PLOT))
   return summary
+
+
+def plotted_examples(num_test: int) -> np.ndarray:
+  """The test examples predictions.png shows: up to NUM_PLOTTED_PREDICTIONS
+  spread evenly over the split, so that a split sorted by class (an image
+  folder's) shows every class, not the first one or two."""
+  count = min(NUM_PLOTTED_PREDICTIONS, num_test)
+  return np.unique(np.linspace(0, num_test - 1, count).round().astype(
+      np.int64))

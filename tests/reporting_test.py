@@ -74,3 +74,12 @@ def test_progress_round_trips_through_checkpoint_meta():
   assert again.history == [{'step': 4}] and again.train_seconds == 2.0
   assert again.earlier_wall_seconds >= 5.0
   assert reporting.Progress.from_meta(None).history == []
+
+
+def test_plotted_examples_spread_over_the_split_and_stay_inside_it():
+  assert list(reporting.plotted_examples(10)) == list(range(10))
+  spread = reporting.plotted_examples(1000)
+  assert len(spread) == reporting.NUM_PLOTTED_PREDICTIONS
+  assert spread[0] == 0 and spread[-1] == 999
+  # 10 classes of 100, sorted by class: every class is shown.
+  assert len(set(spread // 100)) == 10

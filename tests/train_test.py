@@ -274,6 +274,17 @@ def test_validation_split_chooses_the_best_checkpoint(tmp_path,
                                                   summary['test_accuracy'])
 
 
+def test_a_test_split_smaller_than_the_plot_and_the_eval_batch(
+    tmp_path, idx_dir):
+  # 10 test examples; the 32 held out for validation set the eval batch.
+  conftest.make_idx_dir(idx_dir, num_train=64, num_test=10)
+  workdir = str(tmp_path / 'w')
+  summary = run(idx_dir, workdir, validation_fraction=0.5, num_train_steps=4,
+                eval_batch_size=40)
+  assert summary['final_step'] == 4
+  assert os.path.isfile(os.path.join(workdir, workdir_files.PREDICTIONS_PLOT))
+
+
 def test_image_folder_streamed_and_resumed_equals_in_memory(tmp_path,
                                                             monkeypatch):
   folder = conftest.make_image_folder(str(tmp_path / 'images'),
