@@ -58,8 +58,12 @@ class ConfigError(ValueError):
 
 
 def validate_config(config: ml_collections.ConfigDict, device_count: int,
-                    process_count: int = 1):
-  """Checks values a run cannot fix later; raises ConfigError."""
+                    process_count: int = 1, training: bool = True):
+  """Checks values a run cannot fix later; raises ConfigError.
+
+  With `training` False (eval and predict, which take a saved config and
+  overrides) the training batch need not suit this job's devices.
+  """
   for key, value in config.items():
     if isinstance(value, float) and not math.isfinite(value):
       raise ConfigError(f'{key} must be a finite number, got {value!r}')
@@ -103,7 +107,8 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
     models.create_model(config.model, 10, **config.model_kwargs.to_dict())
   except (ValueError, TypeError) as e:
     raise ConfigError(f'model_kwargs: {e}') from None
-  for key in ('batch_size', 'eval_batch_size'):
+  for key in ('batch_size', 'eval_batch_size') if training else (
+      'eval_batch_size',):
     if config[key] % device_count:
       raise ConfigError(f'{key} {config[key]} is not divisible by the '
                         f'{device_count} devices; use a multiple of '

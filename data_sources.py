@@ -240,6 +240,9 @@ def load_idx_split(data_dir: str, split: str) -> Split:
   if len(images) != len(labels):
     raise DataError(f'{paths[0]} holds {len(images)} images but {paths[1]} '
                     f'holds {len(labels)} labels')
+  if not len(images):
+    raise DataError(f'{paths[0]} holds no images; accepted: IDX files with at '
+                    f'least one example per split')
   return Split(images=images[..., None], labels=labels.astype(np.int32))
 
 

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 import checkpointing
+import config_rules
 import data_sources
 import distributed
 import image_folder
@@ -98,11 +99,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   Returns:
     The report also written to workdir/eval.json.
   """
+  config_rules.validate_config(config, jax.device_count(),
+                               jax.process_count(), training=False)
   info = workdir_files.load_dataset_info(workdir)
   step = resolve_step(workdir, checkpoint)
   dataset = data_sources.load_dataset(
       **data_sources.dataset_options(config),
       processes=distributed.processes())
+  if list(dataset.test.image_shape) != list(info['image_shape']):
+    raise InferenceError(
+        f'the data as configured gives images of shape '
+        f'{list(dataset.test.image_shape)}, but the model was trained on '
+        f'{info["image_shape"]}; accepted: the run\'s image_size and '
+        f'channels (leave them out of the overrides)')
   splits = dataset.eval_splits()
   data = splits.get(split)
   if data is None:
@@ -173,6 +182,8 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
                   paths: Sequence[str], checkpoint: str = 'latest',
                   top_k: int = 3) -> tuple[list[str], list[str]]:
   """Classifies image files; returns (output lines, failed paths)."""
+  config_rules.validate_config(config, jax.device_count(),
+                               jax.process_count(), training=False)
   info = workdir_files.load_dataset_info(workdir)
   step = resolve_step(workdir, checkpoint)
   images, results, failed, ok_paths = [], {}, [], []

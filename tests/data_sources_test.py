@@ -177,3 +177,14 @@ def test_tfds_set_is_read_by_random_access(tfds_dir):
   whole = next(input_pipeline.train_batches(memory.train, 8, 0, 3, 1))
   np.testing.assert_array_equal(
       np.concatenate([h[0] for h in halves]), whole[0])
+
+
+def test_an_empty_idx_split_is_named(tmp_path):
+  path = conftest.make_idx_dir(str(tmp_path / 'idx'))
+  conftest.write_idx(os.path.join(path, 't10k-images-idx3-ubyte'),
+                     np.zeros((0, 28, 28), np.uint8))
+  conftest.write_idx(os.path.join(path, 't10k-labels-idx1-ubyte'),
+                     np.zeros((0,), np.uint8))
+  with pytest.raises(data_sources.DataError,
+                     match='t10k-images-idx3-ubyte holds no images'):
+    data_sources.load_dataset('mnist', path)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import config_rules
 import conftest
 import image_folder
 import inference
@@ -136,3 +137,24 @@ def test_predict_command_line_exit_codes(trained, images):
   lines = mixed.stdout.strip().splitlines()
   assert lines[0].startswith(f'{bad["notes.txt"]}: error: cannot read image')
   assert lines[1].startswith(f'{good["gray.jpg"]}: ')
+
+
+def test_eval_overrides_the_run_cannot_honour_are_one_line(trained):
+  workdir, config = trained
+  config.eval_batch_size = 0
+  with pytest.raises(config_rules.ConfigError,
+                     match='eval_batch_size must be > 0, got 0'):
+    inference.evaluate_checkpoint(config, workdir)
+
+
+def test_eval_with_another_image_size_is_refused(tmp_path):
+  data = conftest.make_image_folder(str(tmp_path / 'photos'))
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(conftest.tiny_config(
+      data, num_train_steps=2, batch_size=4, eval_batch_size=9), workdir)
+  config = workdir_files.load_config(workdir)
+  config.image_size = 16
+  with pytest.raises(inference.InferenceError,
+                     match=r'shape \[16, 16, 3\], but the model was trained '
+                           r'on \[12, 10, 3\]'):
+    inference.evaluate_checkpoint(config, workdir)
