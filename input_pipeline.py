@@ -191,6 +191,12 @@ def device_train_batches(split, batch_size: int, seed: int, start_step: int,
     on_device: keep the set on the devices (one process, in memory).
   """
   if on_device:
+    # Checked here, not when the first batch is drawn, so that the run is
+    # refused before it touches its workdir.
+    if not data_sources.in_memory(split):
+      raise data_sources.DataError(
+          'data_on_device needs the training set in memory; set '
+          '--config.data_loading=memory or data_on_device=false')
     return _gather_on_device(split, batch_size, seed, start_step, num_steps,
                              mesh)
   batches = train_batches(split, batch_size, seed, start_step, num_steps,
@@ -201,10 +207,6 @@ def device_train_batches(split, batch_size: int, seed: int, start_step: int,
 
 def _gather_on_device(split, batch_size: int, seed: int, start_step: int,
                       num_steps: int, mesh):
-  if not data_sources.in_memory(split):
-    raise data_sources.DataError(
-        'data_on_device needs the training set in memory; set '
-        '--config.data_loading=memory or data_on_device=false')
   images = jax.device_put(split.images, mesh.replicated)
   labels = jax.device_put(split.labels, mesh.replicated)
   logging.info('Training set on the devices: %.1f MB of uint8 images',

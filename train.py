@@ -145,6 +145,12 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
       summary = write_results(state, start_step)
     manager.close()
     return summary
+  # Before anything in the workdir changes: a refusal here touches nothing.
+  batches = input_pipeline.device_train_batches(
+      dataset.train, config.batch_size, config.seed, start_step,
+      total_steps - start_step, mesh,
+      prefetch_batches=config.prefetch_batches,
+      on_device=config.data_on_device)
   if is_main:
     # Points logged after the restored step by a killed session go, so the
     # resumed session writes each (tag, step) exactly once.
@@ -168,11 +174,6 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
                'devices; XLA_FLAGS=%r)', start_step, total_steps,
                steps_per_epoch, config.batch_size, jax.device_count(),
                jax.default_backend(), os.environ.get('XLA_FLAGS', ''))
-  batches = input_pipeline.device_train_batches(
-      dataset.train, config.batch_size, config.seed, start_step,
-      total_steps - start_step, mesh,
-      prefetch_batches=config.prefetch_batches,
-      on_device=config.data_on_device)
   wait_each_step = distributed.one_step_in_flight()
   window_start, window_steps = time.time(), 0
 

@@ -173,6 +173,20 @@ def test_resume_refuses_changes_that_alter_the_run(short_run, small_data_dir,
   assert conftest.snapshot(short_run) == before
 
 
+def test_a_resume_refused_by_the_input_route_touches_nothing(tmp_path):
+  data = conftest.make_image_folder(str(tmp_path / 'photos'))
+  workdir = str(tmp_path / 'w')
+  config = conftest.tiny_config(data, num_train_steps=2, batch_size=4,
+                                eval_batch_size=9)
+  train.train_and_evaluate(config, workdir)
+  before = conftest.snapshot(workdir)
+  config.update(num_train_steps=4, data_on_device=True, data_loading='stream')
+  with pytest.raises(data_sources.DataError,
+                     match='data_on_device needs the training set in memory'):
+    train.train_and_evaluate(config, workdir)
+  assert conftest.snapshot(workdir) == before
+
+
 def test_resume_refuses_other_data(short_run, tmp_path):
   other = conftest.make_idx_dir(str(tmp_path / 'other'), num_train=256,
                                 num_test=50, seed=1)
