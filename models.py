@@ -130,15 +130,27 @@ class ResNet(nn.Module):
   dtype: str = 'float32'
   bn_momentum: float = 0.9
 
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    dtype = _dtype(self.dtype)
+  def __post_init__(self):
+    # Checked when the model is built, so that a bad option is refused by
+    # name before training (config_rules builds every configured model).
     if self.stem not in ('imagenet', 'small'):
       raise ValueError(f'unknown stem {self.stem!r}; accepted: imagenet, '
                        f'small')
-    if len(self.widths) != len(self.stage_sizes):
-      raise ValueError(f'widths {tuple(self.widths)} must give one width '
-                       f'per stage ({len(self.stage_sizes)} stages)')
+    if len(self.widths) != len(self.stage_sizes) or not all(
+        isinstance(w, int) and w > 0 for w in self.widths):
+      raise ValueError(f'widths {tuple(self.widths)} must give one positive '
+                       f'width per stage ({len(self.stage_sizes)} stages)')
+    if not (isinstance(self.stem_width, int) and self.stem_width > 0):
+      raise ValueError(f'stem_width must be a positive integer, got '
+                       f'{self.stem_width!r}')
+    if not 0 <= self.bn_momentum < 1:
+      raise ValueError(f'bn_momentum must be in [0, 1), got '
+                       f'{self.bn_momentum!r}')
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    dtype = _dtype(self.dtype)
 
     def conv(features, kernel, strides=1):
       return nn.Conv(features, kernel, (strides, strides), padding=[

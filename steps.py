@@ -142,8 +142,10 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
 
 def all_finite(tree) -> jax.Array:
   """True if no leaf of `tree` holds a NaN or an infinity (one reduction)."""
-  return jnp.all(jnp.stack([jnp.isfinite(x).all()
-                            for x in jax.tree.leaves(tree)]))
+  leaves = jax.tree.leaves(tree)
+  if not leaves:  # A model without state.
+    return jnp.array(True)
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
 
 
 def train_step(state: TrainState, images, labels, *,
@@ -176,8 +178,10 @@ def train_step(state: TrainState, images, labels, *,
     ema_variables = update_ema(state.ema_variables, {
         'params': new_state.params, **model_state}, new_state.opt_state,
                                new_state.step, ema_decay)
-  finite = jnp.isfinite(losses.mean()) & all_finite(grads) & all_finite(
-      new_state.params)
+  # Model state too: BatchNorm statistics can blow up while the loss of the
+  # batch (computed with the batch's own statistics) stays finite.
+  finite = (jnp.isfinite(losses.mean()) & all_finite(grads) &
+            all_finite(new_state.params) & all_finite(model_state))
   nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite,
                              new_state.step, state.nonfinite_step)
   step_metrics = type(state.epoch_metrics).single_from_model_output(

@@ -79,3 +79,16 @@ def test_unknown_model_and_option_are_refused_with_accepted_names():
   with pytest.raises(ValueError, match=r"takes no option 'depth'; accepted: "
                                        r"bn_momentum, dropout_rate, dtype"):
     models.create_model('resnet20', 10, depth=3)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    ({'stem': 'big'}, "unknown stem 'big'; accepted: imagenet, small"),
+    ({'widths': (16, 32)}, 'must give one positive width per stage (4'),
+    ({'widths': (16, 0, 64)}, 'must give one positive width per stage'),
+    ({'stem_width': 0}, 'stem_width must be a positive integer, got 0'),
+    ({'bn_momentum': 1.5}, 'bn_momentum must be in [0, 1), got 1.5'),
+])
+def test_resnet_options_are_refused_when_built(kwargs, message):
+  with pytest.raises(ValueError) as error:
+    models.create_model('resnet18', 10, **kwargs)
+  assert message in str(error.value)

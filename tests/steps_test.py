@@ -89,6 +89,32 @@ def test_nonfinite_parameters_with_finite_gradients_are_caught():
   assert int(state.nonfinite_step) == 1
 
 
+class DivergingStatistics(nn.Module):
+  """Finite loss and gradients, but running statistics that overflow (as a
+  BatchNorm momentum out of range makes them)."""
+
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    mean = self.variable('batch_stats', 'mean', jnp.zeros, ())
+    if train:
+      mean.value = mean.value * 1e30 + 1e30 * x.mean()
+    return nn.Dense(10)(x.reshape((x.shape[0], -1)))
+
+
+def test_nonfinite_model_state_is_caught():
+  state = steps.create_train_state(
+      DivergingStatistics(), optimizers.create_optimizer('sgd', 0.01, 0.0),
+      (28, 28, 1), 0)
+  images, labels = _fixed_batch()
+  step = jax.jit(steps.train_step)
+  state = step(step(state, images, labels), images, labels)
+  assert np.isfinite(float(state.window_metrics.compute()['loss']))
+  assert not np.isfinite(float(state.model_state['batch_stats']['mean']))
+  assert int(state.nonfinite_step) == 2
+
+
 def test_eval_step_masks_padding():
   model = models.create_model('cnn', 10)
   state = steps.create_train_state(
