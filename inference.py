@@ -49,6 +49,7 @@ def resolve_step(workdir: str, checkpoint: str) -> int:
       raise InferenceError(f'no checkpoint in {directory} was saved after an '
                            f'evaluation, so none is best yet; use '
                            f'--checkpoint=latest')
+    logging.info('checkpoint best (step %d)', best)
     return best
   if not checkpoint.isdigit() or int(checkpoint) not in steps_kept:
     raise InferenceError(f'--checkpoint={checkpoint!r}: accepted are latest, '
@@ -85,7 +86,7 @@ def restore(workdir: str, config: ml_collections.ConfigDict, step: int,
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        checkpoint: str = 'latest',
+                        checkpoint: str = 'best',
                         split: str = 'test') -> dict:
   """Evaluates a checkpoint on a split; writes eval.json and confusion.png.
 
@@ -179,7 +180,7 @@ def load_image(path: str, image_shape: Sequence[int]) -> np.ndarray:
 
 
 def predict_files(config: ml_collections.ConfigDict, workdir: str,
-                  paths: Sequence[str], checkpoint: str = 'latest',
+                  paths: Sequence[str], checkpoint: str = 'best',
                   top_k: int = 3) -> tuple[list[str], list[str]]:
   """Classifies image files; returns (output lines, failed paths)."""
   config_rules.validate_config(config, jax.device_count(),

@@ -47,7 +47,7 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
                   'predict: classify image files.')
 flags.DEFINE_enum('split', 'test', ['test', 'validation'], 'For eval: the '
                   'split to score (validation: runs that have one).')
-flags.DEFINE_string('checkpoint', 'latest', 'For eval/predict: latest, best '
+flags.DEFINE_string('checkpoint', 'best', 'For eval/predict: best, latest '
                     'or a step number.')
 flags.mark_flags_as_required(['workdir'])
 

@@ -31,7 +31,7 @@ def trained(tmp_path_factory, small_data_dir):
 
 def test_eval_equals_final_training_metrics_exactly(trained):
   workdir, config = trained
-  report = inference.evaluate_checkpoint(config, workdir)
+  report = inference.evaluate_checkpoint(config, workdir, 'latest')
   assert report == json.load(open(os.path.join(workdir, 'eval.json')))
   summary = json.load(open(os.path.join(workdir, 'summary.json')))
   assert report['checkpoint_step'] == 80
@@ -54,6 +54,8 @@ def test_best_checkpoint_is_kept_and_evaluates_to_its_score(trained):
   report = inference.evaluate_checkpoint(config, workdir, 'best')
   assert report['checkpoint_step'] == best_step
   assert report['accuracy'] == summary['best_test_accuracy']
+  # Eval and predict use the best checkpoint unless told otherwise.
+  assert inference.evaluate_checkpoint(config, workdir) == report
 
 
 def test_bad_checkpoint_name_is_refused(trained):
