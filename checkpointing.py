@@ -40,12 +40,11 @@ import workdir_files
 FORMAT = 2
 
 # TensorStore reports errors as ValueError('<STATUS CODE>: ...'). These codes
-# say that reading failed for a reason that may pass; any other ValueError
-# (a data status code such as DATA_LOSS, or a parsing error) says the bytes
-# on disk are not a valid checkpoint.
-_TRANSIENT_STATUS = ('UNAVAILABLE', 'RESOURCE_EXHAUSTED', 'DEADLINE_EXCEEDED',
-                     'PERMISSION_DENIED', 'ABORTED', 'CANCELLED', 'UNKNOWN',
-                     'INTERNAL')
+# say the bytes on disk are not a valid checkpoint; any other ValueError (a
+# transient status such as UNAVAILABLE, or a library that cannot read what
+# another version wrote) says nothing about the bytes.
+_DATA_STATUS = ('OUT_OF_RANGE', 'DATA_LOSS', 'NOT_FOUND', 'INVALID_ARGUMENT',
+                'FAILED_PRECONDITION')
 
 # Outcomes of one restore attempt, worst last: the processes act on the worst.
 _OK, _BAD_DATA, _FAILED, _INCOMPATIBLE = range(4)
@@ -53,6 +52,10 @@ _OK, _BAD_DATA, _FAILED, _INCOMPATIBLE = range(4)
 
 class CheckpointError(RuntimeError):
   """No checkpoint could be restored, or one could not be written."""
+
+
+class DamagedMetaError(ValueError):
+  """A checkpoint's meta item parses but is not what this trainer writes."""
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -119,7 +122,7 @@ def read_meta(directory: str, step: int) -> dict:
   finally:
     checkpointer.close()
   if not isinstance(meta, dict) or 'signature' not in meta:
-    raise ValueError('meta item has no signature')
+    raise DamagedMetaError('meta item has no signature')
   return meta
 
 
@@ -166,23 +169,22 @@ def restore_step(directory: str, step: int, target, wanted: dict):
 
 
 def is_bad_data(error: BaseException) -> bool:
-  """Whether a restore error shows the checkpoint's data is bad.
+  """Whether a restore error shows the checkpoint's bytes are bad.
 
-  Only then may the checkpoint be moved aside. I/O errors, permissions and
-  out-of-memory say nothing about the data: the run stops instead, so that a
-  passing fault never makes it quietly resume from an older step.
+  Only then may the checkpoint be moved aside: unparsable or missing files,
+  a truncated stream, TensorStore's data status codes. I/O errors,
+  permissions, out-of-memory and errors of a library that cannot read what
+  another version wrote (a KeyError or ValueError of its own) say nothing
+  about the bytes: the run stops instead, so that a good checkpoint is never
+  moved and a passing fault never makes the run quietly resume from an older
+  step.
   """
   if isinstance(error, (json.JSONDecodeError, FileNotFoundError,
                         NotADirectoryError, IsADirectoryError, EOFError,
-                        UnicodeDecodeError, KeyError)):
+                        UnicodeDecodeError, DamagedMetaError)):
     return True
-  if isinstance(error, (OSError, MemoryError)) or not isinstance(
-      error, ValueError):
-    return False  # EIO, EACCES, ENOMEM, XLA runtime errors, ...
-  message = str(error)
-  if message.startswith(_TRANSIENT_STATUS) or 'out of memory' in message:
-    return False
-  return True  # A data status code, or a ValueError from parsing.
+  return isinstance(error, ValueError) and str(error).startswith(
+      _DATA_STATUS)
 
 
 def _reason(error: BaseException) -> str:

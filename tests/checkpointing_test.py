@@ -96,6 +96,23 @@ def test_io_error_stops_and_moves_nothing(directory, monkeypatch):
                                          workdir_files.UNREADABLE_CHECKPOINTS))
 
 
+def test_a_version_mismatch_stops_and_moves_nothing(directory, monkeypatch):
+  real = checkpointing.read_meta
+
+  def newer_library(folder, step):
+    if step == 30:
+      raise KeyError('item_handlers')  # As a reader of another layout.
+    return real(folder, step)
+
+  monkeypatch.setattr(checkpointing, 'read_meta', newer_library)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'checkpoint 30 .*could not be read \(KeyError'):
+    restore(directory)
+  assert checkpointing.finished_steps(directory) == [10, 20, 30]
+  assert not os.path.exists(os.path.join(os.path.dirname(directory),
+                                         workdir_files.UNREADABLE_CHECKPOINTS))
+
+
 def test_leftover_temporary_folder_is_ignored(directory):
   shutil.copytree(os.path.join(directory, '30'),
                   os.path.join(directory, '40.orbax-checkpoint-tmp-9'))
@@ -121,7 +138,10 @@ def test_fields_an_older_checkpoint_did_not_record_are_not_compared(
     (FileNotFoundError('File /x/metadata not found.'), True),
     (ValueError('OUT_OF_RANGE: Error reading "a/0" in OCDBT database'), True),
     (ValueError('DATA_LOSS: checksum mismatch'), True),
-    (ValueError('meta item has no signature'), True),
+    (checkpointing.DamagedMetaError('meta item has no signature'), True),
+    # What another library version raises says nothing about the bytes.
+    (KeyError('params'), False),
+    (ValueError('Unsupported checkpoint format version 9'), False),
     (OSError(errno.EIO, 'Input/output error'), False),
     (PermissionError(errno.EACCES, 'Permission denied'), False),
     (MemoryError(), False),
