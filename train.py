@@ -210,6 +210,9 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
         state = reporting.end_epoch(writer, state, done, steps_per_epoch,
                                     evaluations, progress.history, mesh)
       stop = stop_signal.requested(every_step=not log_now)
+      if stop and not log_now:  # The partial window's time is kept too.
+        progress.train_seconds += time.time() - window_start
+        window_start, window_steps = time.time(), 0
       # Every evaluated state is saved with its score, so the best one can
       # be kept (checkpointing.create_manager) and restored exactly.
       if epoch_end or done % config.checkpoint_every_steps == 0 or stop:
@@ -220,7 +223,6 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
              if epoch_end else None)
       if stop and not is_last:
         checkpointing.wait(manager)
-        manager.close()
         writer.close()
         raise preemption.Preempted(
             f'stopped by {stop_signal.signal_name} at step {done} of '
@@ -294,12 +296,14 @@ def save(manager, step: int, state: steps.TrainState, meta: dict, writer,
 
 @contextlib.contextmanager
 def _finish_saves_on_error(manager):
-  """On any error, lets a checkpoint write in flight complete before exit."""
+  """On any error (a preemption included), lets a checkpoint write in flight
+  complete, then closes the manager, before the error goes on."""
   try:
     yield
   except BaseException:
     try:
       manager.wait_until_finished()
+      manager.close()
     except Exception:  # pylint: disable=broad-except
       logging.exception('Pending checkpoint write failed')
     raise

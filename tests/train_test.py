@@ -132,6 +132,16 @@ def test_preempted_run_resumes_bitwise(tmp_path, small_data_dir, reference,
   conftest.assert_same_run(workdir, reference, TOTAL_STEPS)
 
 
+def test_a_preempted_run_keeps_the_time_of_its_last_partial_window(
+    tmp_path, small_data_dir, monkeypatch):
+  workdir = str(tmp_path / 'w')
+  monkeypatch.setenv('TRAINER_FAULT', 'term:step:5')  # Logs every 10 steps.
+  with pytest.raises(preemption.Preempted, match='at step 5 of'):
+    run(small_data_dir, workdir)
+  meta = checkpointing.read_meta(workdir_files.checkpoint_dir(workdir), 5)
+  assert meta['elapsed']['train_seconds'] > 0
+
+
 def test_preempted_between_accumulated_steps_resumes_bitwise(
     tmp_path, small_data_dir, monkeypatch):
   # Stopped after the first of two accumulated steps: the partial gradient
