@@ -313,7 +313,9 @@ def _prepared_builder(name: str, data_dir: Optional[str],
     try:
       builder = _tfds_builder(name, data_dir)
       _prepare(builder, name)
-    except DataError as e:
+    except Exception as e:  # pylint: disable=broad-except
+      # Any failure, not only the expected kind, is told to the others, who
+      # would otherwise wait for it until the heartbeat timeout.
       error = e
   prepared = np.asarray(processes.allgather(np.int32(error is None)))
   if error is not None:

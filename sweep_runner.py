@@ -338,10 +338,10 @@ def run_trial(workdir, config_file, fixed, trial, device=None,
     with open(log_path) as f:
       f.seek(start)
       errors = [l.strip() for l in f if l.startswith('error:')]
-    with open(os.path.join(workdir, workdir_files.FAILED), 'w') as f:
-      json.dump({'exit_code': code,
-                 'error': errors[-1] if errors else f'exit code {code}; see '
-                                                     f'{log_path}'}, f)
+    workdir_files.write_json(os.path.join(workdir, workdir_files.FAILED), {
+        'exit_code': code,
+        'error': errors[-1] if errors else f'exit code {code}; see '
+                                           f'{log_path}'})
   return status
 
 

@@ -80,6 +80,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                '' if dataset.validation is None else
                f'{len(dataset.validation)} validation, ', len(dataset.test),
                dataset.train.image_shape, dataset.num_classes)
+  if dataset.validation is None:
+    logging.warning('No validation split: the best checkpoint is chosen on '
+                    'the test set (summary.json: best_chosen_on test); set '
+                    'validation_fraction to choose it on held-out training '
+                    'examples')
   model = models.create_model(config.model, dataset.num_classes,
                               **config.model_kwargs.to_dict())
   tx, lr_fn = steps.create_optimizer_and_schedule(

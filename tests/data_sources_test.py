@@ -9,6 +9,7 @@ import pytest
 
 import conftest
 import data_sources
+import image_folder
 import input_pipeline
 
 
@@ -188,3 +189,24 @@ def test_an_empty_idx_split_is_named(tmp_path):
   with pytest.raises(data_sources.DataError,
                      match='t10k-images-idx3-ubyte holds no images'):
     data_sources.load_dataset('mnist', path)
+
+
+def test_process_0_tells_the_others_of_any_failure_to_prepare(monkeypatch):
+  told = []
+
+  def allgather(status):  # Process 0's status first, then the others'.
+    told.append(int(status))
+    return np.array([int(status), 1])
+
+  def broken(name, data_dir):
+    raise RuntimeError('disk quota exceeded')  # Not a DataError.
+
+  monkeypatch.setattr(data_sources, '_tfds_builder', broken)
+  with pytest.raises(RuntimeError, match='quota'):
+    data_sources.load_tfds('mnist', None, processes=image_folder.Processes(
+        0, 2, allgather))
+  assert told == [0]  # The failure was told before it was raised.
+  with pytest.raises(data_sources.DataError,
+                     match='process 0 could not prepare'):
+    data_sources.load_tfds('mnist', None, processes=image_folder.Processes(
+        1, 2, lambda status: np.array([0, int(status)])))

@@ -80,6 +80,16 @@ def test_end_to_end_on_mock_tfds_with_resume(tmp_path):
   assert [h for h in resumed['history'] if h['step'] != 6] == summary['history']
 
 
+def test_a_run_without_validation_says_the_test_set_chooses(
+    tmp_path, idx_dir, caplog):
+  with caplog.at_level('WARNING'):
+    summary = train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=2),
+                                       str(tmp_path / 'w'))
+  assert summary['best_chosen_on'] == 'test'
+  assert 'No validation split: the best checkpoint is chosen on the test' in (
+      caplog.text)
+
+
 def test_finished_run_is_left_alone(tmp_path, idx_dir):
   workdir = str(tmp_path / 'w')
   config = tiny_config(idx_dir, dataset='mnist')
