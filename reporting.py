@@ -32,33 +32,68 @@ import workdir_files
 NUM_PLOTTED_PREDICTIONS = 25
 
 
+def runtime_facts() -> dict:
+  """What decides a run's float rounding besides the config: the library
+  versions, the backend and devices, and XLA's flags. Two sessions of a run
+  under different facts are not bitwise one uninterrupted run."""
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  return {'jax': jax.__version__, 'jaxlib': jaxlib.__version__,
+          'backend': jax.default_backend(), 'devices': len(devices),
+          'device_kind': devices[0].device_kind,
+          'xla_flags': os.environ.get('XLA_FLAGS', '')}
+
+
 @dataclasses.dataclass
 class Progress:
-  """What a checkpoint carries besides the state: the epoch history and the
-  time spent, over all sessions of the run."""
+  """What a checkpoint carries besides the state: the epoch history, the
+  time spent, and the runtime of each session, over all sessions."""
   history: list
   train_seconds: float = 0.0
   earlier_wall_seconds: float = 0.0
   session_start: float = dataclasses.field(default_factory=time.time)
+  # The runtime facts of the latest session, and each resume that ran
+  # under other facts than the session before it.
+  runtime: dict = dataclasses.field(
+      default_factory=lambda: runtime_facts())  # pylint: disable=unnecessary-lambda
+  runtime_changes: list = dataclasses.field(default_factory=list)
 
   @classmethod
-  def from_meta(cls, meta: Optional[dict]) -> 'Progress':
+  def from_meta(cls, meta: Optional[dict],
+                step: Optional[int] = None) -> 'Progress':
+    """The progress checkpoint `step` recorded, continued by this session: a
+    change of runtime facts is logged and kept for summary.json."""
     if meta is None:
       return cls(history=[])
-    return cls(history=meta['history'],
-               train_seconds=meta['elapsed']['train_seconds'],
-               earlier_wall_seconds=meta['elapsed']['wall_seconds'])
+    progress = cls(history=meta['history'],
+                   train_seconds=meta['elapsed']['train_seconds'],
+                   earlier_wall_seconds=meta['elapsed']['wall_seconds'],
+                   runtime_changes=list(meta.get('runtime_changes', [])))
+    before = meta.get('runtime')  # Older checkpoints did not record it.
+    if before is not None and before != progress.runtime:
+      changed = {k: [before.get(k), v] for k, v in progress.runtime.items()
+                 if before.get(k) != v}
+      progress.runtime_changes.append({'resumed_at_step': step,
+                                       'changed': changed})
+      logging.warning(
+          'Resuming under another runtime (%s): the results will not be '
+          'bitwise those of an uninterrupted run', '; '.join(
+              f'{k} {a!r} there vs {b!r} here' for k, (a, b) in
+              changed.items()))
+    return progress
 
   @property
   def wall_seconds(self) -> float:
     return self.earlier_wall_seconds + time.time() - self.session_start
 
   def meta(self, signature: dict, config: dict) -> dict:
-    """The checkpoint's `meta` item: history, signature, config, time."""
+    """The checkpoint's `meta` item: history, signature, config, time and
+    runtime."""
     return {'history': self.history, 'signature': signature,
             'config': config,
             'elapsed': {'train_seconds': self.train_seconds,
-                        'wall_seconds': self.wall_seconds}}
+                        'wall_seconds': self.wall_seconds},
+            'runtime': self.runtime, 'runtime_changes': self.runtime_changes}
 
 
 def log_train_window(writer, state: steps.TrainState, step: int,
@@ -180,12 +215,12 @@ def write_results(workdir: str, dataset, progress: Progress,
       'train_images_per_second':
           total_steps * batch_size / max(progress.train_seconds, 1e-9),
       'history': progress.history, 'config': config,
-      # What else shaped the speed: the backend, XLA's flags, malloc's
-      # settings (runtime.py).
-      'runtime': {'backend': jax.default_backend(),
-                  'devices': jax.device_count(),
-                  'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      # What else shaped the numbers and the speed: versions, backend,
+      # devices, XLA's flags, malloc's settings (runtime.py); and each
+      # resume under other facts (then the run is not bitwise one run).
+      'runtime': {**runtime_facts(),
                   'malloc': runtime.malloc_applied or 'unchanged'},
+      'resumed_under_another_runtime': progress.runtime_changes,
   }
   plotted = data_sources.Subset(dataset.test,
                                 plotted_examples(len(dataset.test)))

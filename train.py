@@ -119,8 +119,8 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
   state, meta, signature = restore_or_initialize(
       model, tx, image_shape, config.seed, config.ema_decay > 0, signature_fn,
       checkpoint_dir, mesh)
-  progress = reporting.Progress.from_meta(meta)
   start_step = int(state.step)
+  progress = reporting.Progress.from_meta(meta, start_step)
   if meta is not None:
     logging.info('Resumed from step %d in %s', start_step, checkpoint_dir)
     config_rules.log_config_changes(meta.get('config', {}), config,

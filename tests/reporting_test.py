@@ -83,3 +83,20 @@ def test_plotted_examples_spread_over_the_split_and_stay_inside_it():
   assert spread[0] == 0 and spread[-1] == 999
   # 10 classes of 100, sorted by class: every class is shown.
   assert len(set(spread // 100)) == 10
+
+
+def test_a_resume_under_another_runtime_is_said_and_recorded(monkeypatch,
+                                                            caplog):
+  meta = json.loads(json.dumps(reporting.Progress(history=[]).meta({}, {})))
+  assert meta['runtime']['jax'] == jax.__version__
+  assert reporting.Progress.from_meta(meta, 8).runtime_changes == []
+  newer = dict(reporting.runtime_facts(), jax='9.9.9')
+  monkeypatch.setattr(reporting, 'runtime_facts', lambda: newer)
+  with caplog.at_level('WARNING'):
+    progress = reporting.Progress.from_meta(meta, 8)
+  assert progress.runtime_changes == [
+      {'resumed_at_step': 8, 'changed': {'jax': [jax.__version__, '9.9.9']}}]
+  assert 'Resuming under another runtime (jax' in caplog.text
+  # Kept through the next checkpoint and resume.
+  again = reporting.Progress.from_meta(progress.meta({}, {}), 16)
+  assert again.runtime_changes == progress.runtime_changes
