@@ -205,6 +205,7 @@ def test_cli_bad_config_file_one_line_exit_2(tmp_path, text, expected):
   assert not os.path.exists(tmp_path / 'w')
 
 
+@pytest.mark.slow  # A real process with a 1 MiB file-size limit: make test-all.
 def test_full_disk_keeps_earlier_checkpoints(tmp_path, data_dir):
   workdir = str(tmp_path / 'w')
   train.train_and_evaluate(tiny_config(data_dir), workdir)

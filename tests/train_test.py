@@ -152,6 +152,7 @@ def test_a_preempted_run_keeps_the_time_of_its_last_partial_window(
   assert meta['elapsed']['train_seconds'] > 0
 
 
+@pytest.mark.slow  # A second whole run to compare with: make test-all.
 def test_preempted_between_accumulated_steps_resumes_bitwise(
     tmp_path, small_data_dir, monkeypatch):
   # Stopped after the first of two accumulated steps: the partial gradient
@@ -264,6 +265,7 @@ def test_divergence_stops_without_saving_nonfinite_state(tmp_path,
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
 
 
+@pytest.mark.slow  # A second whole run to compare with: make test-all.
 def test_prefetch_and_data_on_device_change_no_number(tmp_path,
                                                        small_data_dir,
                                                        reference):
