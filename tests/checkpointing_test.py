@@ -52,6 +52,12 @@ def directory(tmp_path):
   return path
 
 
+def assert_nothing_moved(directory):
+  assert checkpointing.finished_steps(directory) == [10, 20, 30]
+  assert not os.path.exists(os.path.join(os.path.dirname(directory),
+                                         workdir_files.UNREADABLE_CHECKPOINTS))
+
+
 def test_newest_restores(directory):
   state, meta = restore(directory)
   assert int(state['step']) == 30 and state['w'][0, 0] == 30.0
@@ -81,9 +87,7 @@ def test_unparsable_meta_of_every_checkpoint_stops_and_moves_nothing(
   with pytest.raises(checkpointing.CheckpointError,
                      match='no checkpoint in .* can be restored: step 30'):
     restore(directory)
-  assert checkpointing.finished_steps(directory) == [10, 20, 30]
-  assert not os.path.exists(os.path.join(os.path.dirname(directory),
-                                         workdir_files.UNREADABLE_CHECKPOINTS))
+  assert_nothing_moved(directory)
 
 
 def test_io_error_stops_and_moves_nothing(directory, monkeypatch):
@@ -91,9 +95,7 @@ def test_io_error_stops_and_moves_nothing(directory, monkeypatch):
   with pytest.raises(checkpointing.CheckpointError,
                      match=r'checkpoint 30 .*could not be read \(OSError'):
     restore(directory)
-  assert checkpointing.finished_steps(directory) == [10, 20, 30]
-  assert not os.path.exists(os.path.join(os.path.dirname(directory),
-                                         workdir_files.UNREADABLE_CHECKPOINTS))
+  assert_nothing_moved(directory)
 
 
 def test_a_version_mismatch_stops_and_moves_nothing(directory, monkeypatch):
@@ -108,9 +110,7 @@ def test_a_version_mismatch_stops_and_moves_nothing(directory, monkeypatch):
   with pytest.raises(checkpointing.CheckpointError,
                      match=r'checkpoint 30 .*could not be read \(KeyError'):
     restore(directory)
-  assert checkpointing.finished_steps(directory) == [10, 20, 30]
-  assert not os.path.exists(os.path.join(os.path.dirname(directory),
-                                         workdir_files.UNREADABLE_CHECKPOINTS))
+  assert_nothing_moved(directory)
 
 
 def test_leftover_temporary_folder_is_ignored(directory):
