@@ -2,6 +2,7 @@
 config file becomes one `error: ...` line and exit status 2; the exit
 statuses of both commands."""
 
+import ast
 import os
 import re
 import sys
@@ -14,6 +15,14 @@ FLAGS = flags.FLAGS
 EXIT_FAILED = 1     # Training failed: divergence, a checkpoint write/restore.
 EXIT_BAD_INPUT = 2  # Bad input or a busy workdir; nothing was changed.
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal; run again to go on.
+
+# --config.NAME_kwargs.KEY=VALUE: a keyword option for the constructor a
+# config dict of that name feeds (model_kwargs: the model's). ml_collections
+# takes only keys the config file already has; these dicts take any key the
+# constructor does, and the config's rules check them against it.
+_KWARGS_FLAG = re.compile(r'--config\.(\w+_kwargs)\.(\w+)(?:=(.*))?$',
+                          re.DOTALL)
+_kwargs_overrides: dict[str, str] = {}
 
 
 def print_line(line: str):
@@ -50,12 +59,85 @@ def config_arg(argv) -> str:
   return ''
 
 
+def _pop_kwargs_flags(argv) -> tuple[list[str], dict[str, str]]:
+  """argv without its --config.NAME_kwargs.KEY[=]VALUE flags, and those as
+  {'NAME_kwargs.KEY': 'VALUE'} (the text as typed)."""
+  rest, found, args = [], {}, iter(argv)
+  for arg in args:
+    match = _KWARGS_FLAG.match(arg)
+    if not match:
+      rest.append(arg)
+      continue
+    text = match.group(3)
+    if text is None:
+      text = next(args, None)
+      if text is None:
+        fail(f'{arg} has no value; accepted: {arg}=VALUE')
+    found[f'{match.group(1)}.{match.group(2)}'] = text
+  return rest, found
+
+
+def parse_value(text: str, current=None):
+  """A kwargs flag's text as a Python value: of the type of `current` when
+  the key is in the config already, else a literal (number, tuple, True,
+  ...) or, failing that, the text itself. Raises ValueError."""
+  if isinstance(current, str):
+    return text
+  if isinstance(current, bool) or text.lower() in ('true', 'false'):
+    if text.lower() not in ('true', 'false'):
+      raise ValueError('true or false')
+    return text.lower() == 'true'
+  if isinstance(current, (int, float)):
+    try:
+      return type(current)(text)
+    except ValueError:
+      raise ValueError(f'a {type(current).__name__}') from None
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError, MemoryError, RecursionError):
+    return text
+
+
+def apply_kwargs_overrides(config, overrides: dict[str, str]):
+  """Sets each 'NAME_kwargs.KEY': text of `overrides` in `config` (a locked
+  ConfigDict is unlocked for it); exits with one line on a bad one."""
+  for dotted, text in overrides.items():
+    name, key = dotted.split('.', 1)
+    if name not in config or not hasattr(config[name], 'unlocked'):
+      fail(f"unknown config key '{name}' (in --config.{dotted}); the "
+           f'accepted *_kwargs keys are: '
+           f'{", ".join(k for k in config if k.endswith("_kwargs"))}')
+    try:
+      value = parse_value(text, config[name].get(key))
+    except ValueError as e:
+      fail(f'bad value {text!r} for --config.{dotted}; accepted: {e}')
+    with config[name].unlocked():
+      config[name][key] = value
+
+
+def kwargs_overrides() -> dict[str, str]:
+  """The --config.NAME_kwargs.KEY=VALUE flags parse_flags took, as
+  {'NAME_kwargs.KEY': 'VALUE'} (sweep.py passes them on to every trial)."""
+  return dict(_kwargs_overrides)
+
+
 def parse_flags(argv):
-  """absl's parsing of argv, with --config (if given) loaded and checked.
+  """absl's parsing of argv, with --config (if given) loaded and checked,
+  and its --config.NAME_kwargs.KEY=VALUE flags applied.
 
   Returns:
     The arguments absl leaves over.
   """
+  argv, kwargs = _pop_kwargs_flags(argv)
+  # ml_collections reads the --config.KEY overrides from sys.argv itself.
+  saved_argv, sys.argv = sys.argv, argv
+  try:
+    return _parse(argv, kwargs)
+  finally:
+    sys.argv = saved_argv
+
+
+def _parse(argv, kwargs):
   try:
     rest = FLAGS(argv)
   except flags.Error as e:
@@ -84,4 +166,9 @@ def parse_flags(argv):
     except AttributeError:
       fail(f'cannot load --config={config_arg(argv)}: get_config() returned '
            f'{type(FLAGS.config).__name__}, not an ml_collections.ConfigDict')
+    apply_kwargs_overrides(FLAGS.config, kwargs)
+  elif kwargs:
+    fail(f'--config.{next(iter(kwargs))} needs --config=FILE')
+  _kwargs_overrides.clear()
+  _kwargs_overrides.update(kwargs)
   return rest

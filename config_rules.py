@@ -47,10 +47,11 @@ RESUME_CHANGES = {
 _POSITIVE = ('learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',
              'log_every_steps', 'checkpoint_every_steps',
              'max_checkpoints_to_keep', 'grad_accum_steps')
-_NON_NEGATIVE = ('weight_decay', 'warmup_epochs', 'grad_clip_norm', 'seed')
+_NON_NEGATIVE = ('weight_decay', 'warmup_epochs', 'grad_clip_norm', 'seed',
+                 'split_seed')
 # Fractions and decay rates: in [0, 1).
 _FRACTIONS = ('momentum', 'label_smoothing', 'ema_decay',
-              'validation_fraction')
+              'validation_fraction', 'test_fraction')
 
 
 class ConfigError(ValueError):
@@ -103,8 +104,16 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
                               config.weight_decay)
   except optimizers.OptimizerError as e:
     raise ConfigError(str(e)) from None
+  kwargs = config.model_kwargs.to_dict()
+  accepted = models.model_options(config.model)
+  for key in kwargs:
+    if key not in accepted:
+      raise ConfigError(
+          f"unknown config key 'model_kwargs.{key}' for model "
+          f"{config.model}; accepted: "
+          f"{', '.join(f'model_kwargs.{k}' for k in sorted(accepted))}")
   try:
-    models.create_model(config.model, 10, **config.model_kwargs.to_dict())
+    models.create_model(config.model, 10, **kwargs)
   except (ValueError, TypeError) as e:
     raise ConfigError(f'model_kwargs: {e}') from None
   for key in ('batch_size', 'eval_batch_size') if training else (

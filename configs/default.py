@@ -20,9 +20,15 @@ def get_config():
   # auto (in memory up to 4 GiB of images, else read by random access from
   # files), memory or stream.
   config.data_loading = 'auto'
-  # A hold-out of the training set (a function of seed) on which the best
-  # checkpoint is chosen; 0: none (then on the test set, as the quick start).
+  # A hold-out of the training set on which the best checkpoint is chosen;
+  # 0: none (then on the test set, as the quick start).
   config.validation_fraction = 0.0
+  # A flat class folder (data_dir/<class>/<image>, no train/ and test/) gives
+  # test_fraction of each class to the test set. split_seed draws that and
+  # the validation hold-out, apart from `seed`, so that runs of other seeds
+  # are compared on the same examples.
+  config.test_fraction = 0.2
+  config.split_seed = 0
   # Batches sent to the devices ahead of the step; data_on_device keeps the
   # training set on the (single-process) devices and gathers batches there.
   config.prefetch_batches = 2

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import cli
+from configs import default
 
 
 def test_config_arg_reads_both_flag_forms():
@@ -38,3 +39,46 @@ def test_print_line_stays_whole_when_another_thread_is_mid_line(monkeypatch):
     lines = f.read().splitlines()
   assert lines == ['error: could not write a checkpoint',
                    'RuntimeError: Event loop is closed']
+
+
+def test_kwargs_flags_are_taken_out_in_both_forms():
+  rest, found = cli._pop_kwargs_flags(
+      ['main.py', '--config=c.py', '--config.model_kwargs.stem=small',
+       '--config.model_kwargs.widths', '8,16', '--config.seed=1'])
+  assert rest == ['main.py', '--config=c.py', '--config.seed=1']
+  assert found == {'model_kwargs.stem': 'small', 'model_kwargs.widths': '8,16'}
+
+
+@pytest.mark.parametrize('text,current,expected', [
+    ('small', None, 'small'), ('8,16', None, (8, 16)), ('0.5', None, 0.5),
+    ('True', None, True), ('false', None, False), ('2', 0.1, 2.0),
+    ('3', 1, 3), ('true', 'x', 'true'), ('[8, 16]', None, [8, 16]),
+])
+def test_kwargs_values_take_the_type_they_have_or_read_as_literals(
+    text, current, expected):
+  value = cli.parse_value(text, current)
+  assert value == expected and type(value) is type(expected)
+
+
+def test_kwargs_overrides_reach_a_locked_config():
+  config = default.get_config()
+  config.lock()
+  cli.apply_kwargs_overrides(config, {'model_kwargs.stem': 'small',
+                                      'model_kwargs.dropout_rate': '0.25'})
+  assert config.model_kwargs.stem == 'small'
+  assert config.model_kwargs.dropout_rate == 0.25
+
+
+@pytest.mark.parametrize('overrides,expected', [
+    ({'model_kwargs.dropout_rate': 'lots'},
+     "error: bad value 'lots' for --config.model_kwargs.dropout_rate; "
+     "accepted: a float"),
+    ({'modle_kwargs.stem': 'small'},
+     "error: unknown config key 'modle_kwargs' (in --config.modle_kwargs."
+     "stem); the accepted *_kwargs keys are: model_kwargs"),
+])
+def test_bad_kwargs_overrides_are_one_line(capsys, overrides, expected):
+  with pytest.raises(SystemExit) as e:
+    cli.apply_kwargs_overrides(default.get_config(), overrides)
+  assert e.value.code == cli.EXIT_BAD_INPUT
+  assert capsys.readouterr().err == expected + '\n'

@@ -50,17 +50,19 @@ def test_momentum_optimizer_needs_momentum():
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    ({'widths': [8]}, "model cnn takes no option 'widths'; accepted: "
-                      "dropout_rate, dtype"),
-    ({'dropout_rate': -0.1}, r'dropout_rate must be in \[0, 1\), got -0.1'),
+    ({'widths': [8]}, "unknown config key 'model_kwargs.widths' for model "
+                      "cnn; accepted: model_kwargs.dropout_rate, "
+                      "model_kwargs.dtype"),
+    ({'dropout_rate': -0.1},
+     r'model_kwargs: dropout_rate must be in \[0, 1\), got -0.1'),
     ({'dtype': 'float16'},
-     "unknown dtype 'float16'; accepted: float32, bfloat16"),
+     "model_kwargs: unknown dtype 'float16'; accepted: float32, bfloat16"),
 ])
 def test_bad_model_kwargs_are_named(kwargs, match):
   config = default.get_config()
   for key, value in kwargs.items():
     config.model_kwargs[key] = value
-  with pytest.raises(config_rules.ConfigError, match='model_kwargs: ' + match):
+  with pytest.raises(config_rules.ConfigError, match=match):
     config_rules.validate_config(config, device_count=1)
 
 

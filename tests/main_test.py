@@ -164,6 +164,9 @@ def test_eval_batch_larger_than_the_test_set_evaluates_every_example_once(
     (['--config.learning_rate=nan'], 'learning_rate must be a finite number'),
     (['--config.data_dir=/no/such/folder'],
      "data_dir '/no/such/folder' does not exist"),
+    (['--config.model_kwargs.stem=small'],
+     "unknown config key 'model_kwargs.stem' for model cnn; accepted: "
+     "model_kwargs.dropout_rate, model_kwargs.dtype"),
 ])
 def test_cli_bad_config_one_line_exit_2(finished_run, data_dir, args,
                                         expected):
@@ -245,3 +248,14 @@ def test_library_errors_are_logged_in_one_line(name, path):
   ours = std_logging.LogRecord('absl', std_logging.ERROR, '/work/train.py', 1,
                                'ours', None, exc_info)
   assert main._quiet_library_logs(ours) and ours.exc_info  # Left as it was.
+
+
+def test_model_kwargs_flag_takes_a_key_the_config_file_lacks(tmp_path,
+                                                             data_dir):
+  workdir = str(tmp_path / 'w')
+  result = run_main(workdir, *tiny_args(
+      data_dir, '--config.model=mlp', '--config.model_kwargs.hidden=16',
+      '--config.num_train_steps=2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  saved = workdir_files.read_json(workdir, workdir_files.CONFIG)
+  assert saved['model_kwargs']['hidden'] == 16

@@ -54,6 +54,11 @@ def command_lines() -> list:
 
 
 def _has_key(config, dotted: str) -> bool:
+  """Whether --config.DOTTED is accepted: a key of the config, or any key
+  of one of its *_kwargs dicts (config_rules then checks it)."""
+  first, _, rest = dotted.partition('.')
+  if first.endswith('_kwargs') and first in config and rest.isidentifier():
+    return True
   node = config
   for part in dotted.split('.'):
     if not hasattr(node, 'keys') or part not in node:
