@@ -5,6 +5,7 @@ statuses of both commands."""
 import ast
 import os
 import re
+import signal
 import sys
 
 from absl import flags
@@ -41,6 +42,28 @@ def print_line(line: str):
     sys.stderr.flush()
     return
   os.write(fd, (line + '\n').encode(errors='replace'))
+
+
+def _interrupt_once(signum, frame):
+  """The first SIGINT/SIGTERM raises KeyboardInterrupt (main.py turns it
+  into one line); one more while that unwinds exits at once."""
+  del frame
+  if _interrupt_once.seen:
+    print_line(f'stopped: {signal.Signals(signum).name} again; exiting now')
+    os._exit(EXIT_PREEMPTED)  # pylint: disable=protected-access
+  _interrupt_once.seen = True
+  raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+_interrupt_once.seen = False
+
+
+def stop_on_interrupt():
+  """Makes SIGINT (Ctrl-C) and SIGTERM outside the training loop (which
+  has its own handler, preemption.py) stop the process with one line and
+  EXIT_PREEMPTED instead of a traceback, however many arrive."""
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, _interrupt_once)
 
 
 def fail(message: str):

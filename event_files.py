@@ -58,10 +58,14 @@ class SummaryWriter:
       self._write(event_pb2.Event(wall_time=time.time(),
                                   file_version='brain.Event:2'))
 
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    logging.info('[%d] %s', step, ', '.join(
-        f'{k}={v:.6g}' if isinstance(v, float) else f'{k}={v}'
-        for k, v in sorted(scalars.items())))
+  def write_scalars(self, step: int, scalars: Mapping[str, Any],
+                    log: bool = True):
+    """Writes `scalars` at `step`; `log` also logs them in one line (False
+    where the caller logs its own, shorter line)."""
+    if log:
+      logging.info('[%d] %s', step, ', '.join(
+          f'{k}={v:.6g}' if isinstance(v, float) else f'{k}={v}'
+          for k, v in sorted(scalars.items())))
     if self._events is None:
       return
     metadata = scalar_metadata.create_summary_metadata(display_name='',
@@ -73,7 +77,8 @@ class SummaryWriter:
         for k, v in scalars.items()]), step)
 
   def write_hparams(self, hparams: Mapping[str, Any]):
-    logging.info('[Hyperparameters] %s', hparams)
+    """Writes the config for TensorBoard's hparams tab (not to the log: the
+    run's config.json has it)."""
     if self._events is not None:
       self._add(hparams_summary.hparams_pb(
           dict(clu_utils.flatten_dict(hparams))), 0)

@@ -6,6 +6,9 @@ TRAINER_FAULT=<kind>:<point>:<step> in the environment turns one on:
     written), 'eval' (between evaluation batches), 'checkpoint' (while a
     checkpoint is being written), 'results' (after the final checkpoint,
     before summary.json and the plots).
+  * int:start:0 sends SIGINT (Ctrl-C) once when main.py has imported its
+    modules (start-up, before training); int2:start:0 sends another while
+    the first one is being handled.
   * eio:restore:<step> makes restoring checkpoint `step` fail with an I/O
     error, as a flaky disk or network filesystem would.
 Unset (always, outside tests) they cost one dictionary lookup.
@@ -30,6 +33,14 @@ def trigger(point: str, step: int):
     os.kill(os.getpid(), signal.SIGKILL)
   if fault == f'term:{point}:{step}':
     os.kill(os.getpid(), signal.SIGTERM)
+  if fault in (f'int:{point}:{step}', f'int2:{point}:{step}'):
+    try:
+      os.kill(os.getpid(), signal.SIGINT)
+      signal.pause()  # Until the handler runs (it raises).
+    finally:
+      if fault.startswith('int2'):  # Another while the first one unwinds.
+        os.kill(os.getpid(), signal.SIGINT)
+        signal.pause()
 
 
 def io_error_if(point: str, step: int):

@@ -15,7 +15,6 @@ from typing import Sequence
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -123,19 +122,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   batch_size = input_pipeline.fit_eval_batch_size(
       config.eval_batch_size, [len(s) for s in splits.values()],
       jax.device_count())
-  _, eval_fn = steps.jit_steps(mesh, use_ema=config.eval_with_ema)
-  metrics = steps.evaluate(eval_fn, state, data, batch_size, mesh)
-  predict = jax.jit(lambda s, x: steps.predict_step(
-      s, x, use_ema=config.eval_with_ema).argmax(-1))
+  eval_fn = jax.jit(functools.partial(steps.eval_and_predict_step,
+                                      use_ema=config.eval_with_ema),
+                    out_shardings=mesh.replicated)
   predictions, labels = [], []
-  for images, batch_labels, _ in input_pipeline.eval_batches(
-      data, batch_size, jax.process_index(), jax.process_count(),
-      threads=input_pipeline.READ_THREADS):
-    batch = multihost_utils.process_allgather(
-        predict(state, *mesh.put_batch(images)), tiled=True)
-    predictions.append(np.asarray(batch))
-    labels.append(multihost_utils.process_allgather(batch_labels,
-                                                    tiled=True))
+  metrics = steps.evaluate(  # One pass: the metrics and each prediction.
+      eval_fn, state, data, batch_size, mesh,
+      on_batch=lambda p, l: (predictions.append(np.asarray(p)),
+                             labels.append(np.asarray(l))))
   predictions = np.concatenate(predictions)[:len(data)]
   labels = np.concatenate(labels)[:len(data)]
   n = info['num_classes']

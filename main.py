@@ -61,15 +61,24 @@ def parse_flags(argv):
   return argv
 
 
+# Orbax's warning for a checkpoint saved without metrics while best_fn is set.
+_UNSCORED_SAVE = 'Requested `tracked_metric`; did not provide metrics.'
+
+
 def _quiet_library_logs(record) -> bool:
   """Drops INFO chatter of library internals: Orbax's (tens of lines per
-  save) and JAX's backend probing (a failed TPU lookup on every start).
+  save) and JAX's backend probing (a failed TPU lookup on every start); and
+  Orbax's warning at each checkpoint saved between evaluations (it has no
+  score by design: the best one is chosen among the scored ones).
 
   Errors of Orbax and of the event loops it runs stay, in one line each
   unless --verbosity is 1 or more: a failed background save logs several,
   with tracebacks (about 300 lines), before our own one-line error names
   the failure and the checkpoints kept.
   """
+  if (record.msg == _UNSCORED_SAVE and '/orbax/' in record.pathname and
+      logging.get_verbosity() < 1):
+    return False
   if ((record.name == 'asyncio' or '/orbax/' in record.pathname) and
       record.levelno >= std_logging.ERROR and logging.get_verbosity() < 1):
     record.msg, record.args = record.getMessage().split('\n', 1)[0], None
@@ -122,17 +131,19 @@ def main(argv):
   with _without_native_banners():
     # pylint: disable=g-import-not-at-top
     import runtime
-    runtime.setup()  # Before JAX's backends start.
+    runtime.setup(log=FLAGS.mode == 'train')  # Before JAX's backends start.
     import checkpointing
     import config_rules
     import data_sources
     import distributed
+    import faults
     import inference
     import optimizers
     import preemption
     import train
     import workdir_files
     # pylint: enable=g-import-not-at-top
+  faults.trigger('start', 0)
   try:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                            FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)
@@ -170,4 +181,11 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  cli.stop_on_interrupt()
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt as e:
+    cli.print_line(f'stopped: {e or "SIGINT"} outside training steps; run '
+                   f'the same command again to continue from the last '
+                   f'checkpoint')
+    sys.exit(cli.EXIT_PREEMPTED)

@@ -123,7 +123,8 @@ def end_epoch(writer, state: steps.TrainState, step: int,
             **{f'train_{k}': v for k, v in train.items()}, **evaluated}
   history.append(record)
   writer.write_scalars(step, {
-      **{f'epoch_train_{k}': v for k, v in train.items()}, **evaluated})
+      **{f'epoch_train_{k}': v for k, v in train.items()}, **evaluated},
+                       log=False)  # The line below says it once.
   logging.info('epoch %.2f step %d: %s', record['epoch'], step, ', '.join(
       f'{k} {v:.4f}' for k, v in record.items() if k not in ('epoch',
                                                              'step')))
@@ -136,17 +137,35 @@ def end_epoch(writer, state: steps.TrainState, step: int,
 
 
 def log_model(model: nn.Module, name: str, image_shape):
-  """Logs a table of the model's layers, parameters and FLOPs."""
-  logging.info('Model %s:\n%s', name, nn.tabulate(
-      model, jax.random.PRNGKey(0), compute_flops=True,
-      compute_vjp_flops=True, console_kwargs={
-          'force_terminal': False, 'force_jupyter': False, 'width': 100}
-  )(jnp.ones([1] + list(image_shape))))
+  """Logs the model's size in one line; at --verbosity=1, also a table of
+  its layers, parameters and FLOPs (hundreds of lines for a ResNet)."""
+  images = jnp.ones([1] + list(image_shape))
+  shapes = jax.eval_shape(functools.partial(model.init, train=False),
+                          jax.random.PRNGKey(0), images)
+  count = sum(int(np.prod(leaf.shape)) for leaf in
+              jax.tree.leaves(shapes.get('params', {})))
+  logging.info('Model %s: %s parameters (%.1f MB as float32)%s', name,
+               f'{count:,}', count * 4 / 1e6,
+               '' if logging.get_verbosity() >= 1 else
+               '; --verbosity=1 logs a table of its layers')
+  if name == 'cnn' and image_shape[0] > 32:
+    logging.info('The CNN\'s first dense layer grows with the image area '
+                 '(%s of its weights at %d px; about 51 M at 224 px); for '
+                 'photos, a ResNet (model=resnet18, or resnet20 for small '
+                 'images) learns more from fewer parameters',
+                 f'{(image_shape[0] // 4) * (image_shape[1] // 4) * 64 * 256:,}',
+                 image_shape[0])
+  if logging.get_verbosity() >= 1:
+    logging.info('Model %s:\n%s', name, nn.tabulate(
+        model, jax.random.PRNGKey(0), compute_flops=True,
+        compute_vjp_flops=True, console_kwargs={
+            'force_terminal': False, 'force_jupyter': False, 'width': 100}
+    )(images))
 
 
 class ReportProgress:
-  """About once a minute and at the last step: logs steps/s, progress and
-  the time left, and writes steps_per_sec and uptime to TensorBoard.
+  """About once a minute: logs steps/s, progress and the time left; then
+  and at the last step writes steps_per_sec and uptime to TensorBoard.
 
   clu's periodic_actions.ReportProgress does this too, but importing it
   imports TensorFlow (through clu.metric_writers): seconds of start-up.
@@ -167,11 +186,13 @@ class ReportProgress:
       return
     rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
     left = (self._total - step) / max(rate, 1e-9)
-    logging.info('%.1f steps/s, %.1f%% (%d/%d), %d min %02d s left', rate,
-                 100 * step / self._total, step, self._total, left // 60,
-                 left % 60)
+    if step != self._total:  # At the end, the last line says it all.
+      logging.info('%.1f steps/s, %.1f%% (%d/%d), %d min %02d s left', rate,
+                   100 * step / self._total, step, self._total, left // 60,
+                   left % 60)
     self._writer.write_scalars(step, {'steps_per_sec': rate,
-                                      'uptime': now - self._start})
+                                      'uptime': now - self._start},
+                               log=False)
     self._last_step, self._last_time = step, now
 
 

@@ -76,15 +76,14 @@ def setup(log: bool = True) -> list[str]:
   made = []
   added = add_default_xla_flags()
   if added:
-    made.append(f'XLA_FLAGS: added {" ".join(added)} (faster on CPU; another '
-                f'value in XLA_FLAGS overrides it)')
+    made.append(f'XLA_FLAGS += {" ".join(added)} (a value of your own in '
+                f'XLA_FLAGS wins)')
   kept = keep_freed_memory()
   if kept:
-    made.append(f'malloc keeps freed memory in the process ({kept}; faster '
-                f'on CPU; any MALLOC_*_ variable turns this off)')
-  if log:
-    for line in made:
-      logging.info('%s', line)
+    made.append(f'malloc keeps freed memory ({kept}; any MALLOC_*_ '
+                f'variable turns this off)')
+  if log and made:
+    logging.info('CPU speed-ups: %s', '; '.join(made))
   return made
 
 

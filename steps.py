@@ -18,6 +18,7 @@ import flax
 from flax import linen as nn
 from flax.training import train_state
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import optax
 
@@ -217,18 +218,25 @@ def update_ema(ema, variables, opt_state, step, decay: float):
 
 def eval_step(state: TrainState, images, labels, mask, *,
               use_ema: bool = False) -> metrics.Collection:
-  logits = state.apply_fn(state.eval_variables(use_ema),
-                          augmentation.to_float(images), train=False)
-  losses = cross_entropy(logits, labels)
-  return type(state.epoch_metrics).single_from_model_output(
-      loss=losses, logits=logits.astype(jnp.float32), labels=labels,
-      mask=mask)
+  return eval_and_predict_step(state, images, labels, mask,
+                               use_ema=use_ema)[0]
 
 
 def predict_step(state: TrainState, images, *, use_ema: bool = False):
   logits = state.apply_fn(state.eval_variables(use_ema),
                           augmentation.to_float(images), train=False)
   return logits.astype(jnp.float32)
+
+
+def eval_and_predict_step(state: TrainState, images, labels, mask, *,
+                          use_ema: bool = False):
+  """(eval_step's metrics, the predicted class of each example)."""
+  logits = state.apply_fn(state.eval_variables(use_ema),
+                          augmentation.to_float(images), train=False)
+  losses = cross_entropy(logits, labels)
+  return type(state.epoch_metrics).single_from_model_output(
+      loss=losses, logits=logits.astype(jnp.float32), labels=labels,
+      mask=mask), logits.argmax(-1)
 
 
 def jit_steps(mesh: distributed.Mesh, *, label_smoothing: float = 0.0,
@@ -279,8 +287,20 @@ def optimizer_options(config) -> dict:
 
 
 def evaluate(eval_fn, state, split, batch_size,
-             mesh: distributed.Mesh) -> dict:
-  """Every metric over every example of `split`, exactly once."""
+             mesh: distributed.Mesh, on_batch=None) -> dict:
+  """Every metric over every example of `split`, exactly once.
+
+  Args:
+    eval_fn: a jitted eval_step; or, with `on_batch`, a function returning
+      (metrics, other outputs) (see eval_and_predict_step).
+    state: the TrainState.
+    split: the examples.
+    batch_size: examples per batch, padded at the end.
+    mesh: where batches go.
+    on_batch: if given, called with the other outputs and the batch's labels
+      (all processes' rows, host arrays), so that a caller gets per-example
+      results from the same pass.
+  """
   total = None
   wait = distributed.one_step_in_flight()
   batches = input_pipeline.eval_batches(
@@ -288,6 +308,11 @@ def evaluate(eval_fn, state, split, batch_size,
       threads=input_pipeline.READ_THREADS)
   for device_batch in input_pipeline.prefetch(batches, mesh.put_batch):
     batch_metrics = eval_fn(state, *device_batch)
+    if on_batch is not None:
+      batch_metrics, outputs = batch_metrics
+      on_batch(multihost_utils.process_allgather(outputs, tiled=True),
+               multihost_utils.process_allgather(device_batch[1],
+                                                 tiled=True))
     if wait:
       jax.block_until_ready(batch_metrics)
     total = batch_metrics if total is None else total.merge(batch_metrics)

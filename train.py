@@ -176,9 +176,10 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
       augment=config.augment)
   report_progress = reporting.ReportProgress(total_steps, writer)
   logging.info('Training steps %d..%d (%d per epoch, batch %d on %d %s '
-               'devices; XLA_FLAGS=%r)', start_step, total_steps,
+               'device%s); compiling the step first (seconds; tens of '
+               'seconds for a ResNet on CPU)', start_step, total_steps,
                steps_per_epoch, config.batch_size, jax.device_count(),
-               jax.default_backend(), os.environ.get('XLA_FLAGS', ''))
+               jax.default_backend(), 's' if jax.device_count() > 1 else '')
   wait_each_step = distributed.one_step_in_flight()
   window_start, window_steps = time.time(), 0
 
@@ -189,7 +190,8 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
       if wait_each_step or step == start_step:
         jax.block_until_ready(state)
       if step == start_step:  # Compile time shows up here, once.
-        logging.info('First training step done %.2f s after process start',
+        logging.info('First training step done (compiled in %.1f s), %.2f s '
+                     'after process start', time.time() - window_start,
                      runtime.process_age_seconds())
         if step == 0:  # After the step: tabulating costs time, not results.
           reporting.log_model(model, config.model, image_shape)
@@ -241,12 +243,24 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
   summary = write_results(state, total_steps)
   manager.close()
   writer.close()
-  logging.info('Done: test accuracy %.4f after %d steps; %.1f s wall, %.0f '
-               'train images/s. Summary: %s', summary['test_accuracy'],
-               total_steps, summary['wall_seconds'],
+  logging.info('Done: %s; last step %d: test accuracy %.4f; %.1f s wall, '
+               '%.0f train images/s. Summary: %s', _best_line(summary),
+               total_steps, summary['test_accuracy'], summary['wall_seconds'],
                summary['train_images_per_second'],
                os.path.join(workdir, workdir_files.SUMMARY))
   return summary
+
+
+def _best_line(summary: dict) -> str:
+  """The best checkpoint in words, for the final log line."""
+  if summary['best_step'] is None:
+    return 'no best checkpoint kept'
+  scores = ', '.join(f'{split} accuracy {summary[f"best_{split}_accuracy"]:.4f}'
+                     for split in ('validation', 'test')
+                     if summary.get(f'best_{split}_accuracy') is not None)
+  return (f'best checkpoint step {summary["best_step"]} (epoch '
+          f'{summary["best_epoch"]:.2f}, chosen on '
+          f'{summary["best_chosen_on"]}): {scores}')
 
 
 def restore_or_initialize(model, tx, image_shape, seed: int, ema: bool,

@@ -12,6 +12,7 @@ import config_rules
 import conftest
 import image_folder
 import inference
+import input_pipeline
 import train
 import workdir_files
 
@@ -29,9 +30,14 @@ def trained(tmp_path_factory, small_data_dir):
   return workdir, workdir_files.load_config(workdir)
 
 
-def test_eval_equals_final_training_metrics_exactly(trained):
+def test_eval_equals_final_training_metrics_exactly(trained, monkeypatch):
   workdir, config = trained
+  passes = []
+  eval_batches = input_pipeline.eval_batches
+  monkeypatch.setattr(input_pipeline, 'eval_batches',
+                      lambda *a, **k: passes.append(1) or eval_batches(*a, **k))
   report = inference.evaluate_checkpoint(config, workdir, 'latest')
+  assert len(passes) == 1  # The metrics and the confusion matrix: one pass.
   assert report == json.load(open(os.path.join(workdir, 'eval.json')))
   summary = json.load(open(os.path.join(workdir, 'summary.json')))
   assert report['checkpoint_step'] == 80

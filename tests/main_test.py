@@ -259,3 +259,29 @@ def test_model_kwargs_flag_takes_a_key_the_config_file_lacks(tmp_path,
   assert result.returncode == 0, result.stderr[-3000:]
   saved = workdir_files.read_json(workdir, workdir_files.CONFIG)
   assert saved['model_kwargs']['hidden'] == 16
+
+
+def test_orbax_warning_of_each_unscored_checkpoint_is_dropped():
+  record = std_logging.LogRecord(
+      'absl', std_logging.WARNING,
+      '/site-packages/orbax/checkpoint/checkpoint_manager.py', 1,
+      main._UNSCORED_SAVE, None, None)
+  assert not main._quiet_library_logs(record)
+  record.levelno = std_logging.ERROR
+  record.msg = 'Something else'
+  assert main._quiet_library_logs(record)
+
+
+@pytest.mark.parametrize('fault,expected', [
+    ('int:start:0', 'stopped: SIGINT outside training steps; run the same '
+                    'command again to continue from the last checkpoint'),
+    ('int2:start:0', 'stopped: SIGINT again; exiting now')])
+def test_ctrl_c_during_start_up_is_one_line_and_resumable(tmp_path, data_dir,
+                                                          fault, expected):
+  workdir = str(tmp_path / 'w')
+  result = run_main(workdir, *tiny_args(data_dir),
+                    env={**os.environ, 'TRAINER_FAULT': fault})
+  assert result.returncode == 75, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == expected
+  assert not os.path.exists(workdir)

@@ -1,7 +1,9 @@
 """Tests for reporting.py: logged windows, epoch records, progress."""
 
 import json
+import logging as std_logging
 
+from absl import logging
 import jax
 import pytest
 
@@ -18,7 +20,8 @@ class RecordingWriter:
   def __init__(self):
     self.scalars = []
 
-  def write_scalars(self, step, scalars):
+  def write_scalars(self, step, scalars, log=True):
+    del log
     self.scalars.append((step, dict(scalars)))
 
 
@@ -100,3 +103,25 @@ def test_a_resume_under_another_runtime_is_said_and_recorded(monkeypatch,
   # Kept through the next checkpoint and resume.
   again = reporting.Progress.from_meta(progress.meta({}, {}), 16)
   assert again.runtime_changes == progress.runtime_changes
+
+
+def test_the_model_is_one_line_unless_verbose(caplog):
+  model = models.create_model('cnn', 10)
+  with caplog.at_level(std_logging.INFO):
+    reporting.log_model(model, 'cnn', (64, 64, 1))
+  lines = [r.getMessage() for r in caplog.records]
+  assert lines[0] == ('Model cnn: 4,215,946 parameters (16.9 MB as float32); '
+                      '--verbosity=1 logs a table of its layers')
+  assert '4,194,304 of its weights at 64 px' in lines[1]
+  assert 'model=resnet18' in lines[1] and len(lines) == 2
+  caplog.clear()
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(1)
+  try:
+    with caplog.at_level(std_logging.INFO):
+      reporting.log_model(model, 'cnn', (28, 28, 1))
+  finally:
+    logging.set_verbosity(verbosity)
+  lines = [r.getMessage() for r in caplog.records]
+  assert lines[0] == 'Model cnn: 824,458 parameters (3.3 MB as float32)'
+  assert 'Dense_0' in lines[1] and len(lines) == 2  # The table; no CNN note.
