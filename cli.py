@@ -164,7 +164,12 @@ def _parse(argv, kwargs):
   try:
     rest = FLAGS(argv)
   except flags.Error as e:
-    fail(str(e).splitlines()[0])
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if 'Error whilst parsing config file' in lines[0]:
+      # ml_collections appends the traceback of get_config(); its last line
+      # is the error itself.
+      fail(f'cannot load --config={config_arg(argv)}: {lines[-1]}')
+    fail(lines[0])
   except SyntaxError as e:
     fail(f'cannot load --config={config_arg(argv)}: line {e.lineno}: '
          f'{e.msg}')

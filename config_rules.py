@@ -86,6 +86,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
   if config.data_on_device and process_count > 1:
     raise ConfigError(f'data_on_device works in one process; this run has '
                       f'{process_count} (each would hold the whole set)')
+  if config.warmup_epochs and config.lr_schedule != 'warmup_cosine':
+    raise ConfigError(f'warmup_epochs {config.warmup_epochs} needs '
+                      f'lr_schedule warmup_cosine (got {config.lr_schedule!r})'
+                      f'; accepted: warmup_epochs 0, or lr_schedule '
+                      f'warmup_cosine')
   if config.eval_with_ema and not config.ema_decay:
     raise ConfigError('eval_with_ema needs ema_decay > 0 (0 keeps no EMA)')
   if config.num_train_steps == 0 or config.num_train_steps < -1:
@@ -122,6 +127,25 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
       raise ConfigError(f'{key} {config[key]} is not divisible by the '
                         f'{device_count} devices; use a multiple of '
                         f'{device_count}')
+
+
+def warn_unused(config: ml_collections.ConfigDict):
+  """Logs a warning for each key set to a value its source or optimizer
+  does not use (a run that would silently differ from what was asked)."""
+  kind = data_sources.source_kind(config.data_dir)
+  if kind not in ('folder', 'flat'):
+    for key in ('image_size', 'channels'):
+      if config[key]:
+        logging.warning('%s=%r is not used: it applies to image folders, '
+                        'and %s data keeps its own image shape', key,
+                        config[key], kind)
+  if kind == 'idx' and config.data_loading == 'stream':
+    logging.warning('data_loading=stream is not used: IDX files are always '
+                    'read into memory')
+  if config.optimizer in ('adam', 'adamw') and config.momentum not in (
+      0.0, 0.9):
+    logging.warning('momentum=%r is not used by optimizer %s (its b1 is '
+                    '0.9)', config.momentum, config.optimizer)
 
 
 def check_schedule(lr_schedule: str, warmup_epochs: float, warmup_steps: int,

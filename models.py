@@ -58,6 +58,12 @@ class MLP(nn.Module):
   dropout_rate: float = 0.0
   dtype: str = 'float32'
 
+  def __post_init__(self):
+    if not (isinstance(self.hidden, int) and self.hidden > 0):
+      raise ValueError(f'hidden must be a positive integer, got '
+                       f'{self.hidden!r}')
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x, train: bool = False):
     dtype = _dtype(self.dtype)

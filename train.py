@@ -63,6 +63,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   config_rules.validate_config(config, jax.device_count(),
                                jax.process_count())
+  config_rules.warn_unused(config)
   dataset = data_sources.load_dataset(
       **data_sources.dataset_options(config),
       processes=distributed.processes())

@@ -1,10 +1,12 @@
 """Tests for config_rules.py: values refused before a run starts."""
 
+import logging as std_logging
 import re
 
 import pytest
 
 import config_rules
+import conftest
 from configs import default
 
 
@@ -88,3 +90,33 @@ def test_data_on_device_needs_one_process():
   config_rules.validate_config(config, device_count=1, process_count=1)
   with pytest.raises(config_rules.ConfigError, match='works in one process'):
     config_rules.validate_config(config, device_count=2, process_count=2)
+
+
+def test_a_warm_up_needs_the_schedule_that_uses_it():
+  config = default.get_config()
+  config.lr_schedule, config.warmup_epochs = 'cosine', 1.0
+  with pytest.raises(config_rules.ConfigError,
+                     match='warmup_epochs 1.0 needs lr_schedule warmup_cosine'):
+    config_rules.validate_config(config, device_count=1)
+
+
+def test_keys_the_source_or_optimizer_does_not_use_are_warned(caplog,
+                                                              tmp_path):
+  data_dir = conftest.make_idx_dir(str(tmp_path))
+  config = default.get_config()
+  config.data_dir, config.channels, config.image_size = data_dir, 3, 32
+  config.data_loading, config.optimizer, config.momentum = 'stream', 'adam', 0.5
+  with caplog.at_level(std_logging.WARNING):
+    config_rules.warn_unused(config)
+  lines = [r.getMessage() for r in caplog.records]
+  assert lines == [
+      'image_size=32 is not used: it applies to image folders, and idx data '
+      'keeps its own image shape',
+      'channels=3 is not used: it applies to image folders, and idx data '
+      'keeps its own image shape',
+      'data_loading=stream is not used: IDX files are always read into memory',
+      'momentum=0.5 is not used by optimizer adam (its b1 is 0.9)']
+  caplog.clear()
+  with caplog.at_level(std_logging.WARNING):
+    config_rules.warn_unused(default.get_config())
+  assert not caplog.records

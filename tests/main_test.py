@@ -285,3 +285,12 @@ def test_ctrl_c_during_start_up_is_one_line_and_resumable(tmp_path, data_dir,
   assert 'Traceback' not in result.stderr, result.stderr[-3000:]
   assert result.stderr.strip().splitlines()[-1] == expected
   assert not os.path.exists(workdir)
+
+
+def test_a_config_file_that_raises_is_named_with_its_error(tmp_path):
+  result = run_main(str(tmp_path / 'w'), '--mode=eval',
+                    f'--config=configs/workdir.py:{tmp_path}/nothing')
+  assert_one_error_line(
+      result, f'cannot load --config=configs/workdir.py:{tmp_path}/nothing: '
+              f'workdir_files.WorkdirError: {tmp_path}/nothing has no '
+              f'config.json: not a training workdir')

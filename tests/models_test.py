@@ -92,3 +92,9 @@ def test_resnet_options_are_refused_when_built(kwargs, message):
   with pytest.raises(ValueError) as error:
     models.create_model('resnet18', 10, **kwargs)
   assert message in str(error.value)
+
+
+@pytest.mark.parametrize('hidden', [0, -3, 2.5])
+def test_mlp_width_is_refused_when_built(hidden):
+  with pytest.raises(ValueError, match='hidden must be a positive integer'):
+    models.create_model('mlp', 10, hidden=hidden)
