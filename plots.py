@@ -1,10 +1,14 @@
 """Pictures a run leaves in its workdir: learning curves and sample predictions."""
 
+import logging
 from typing import Sequence
 
 import matplotlib
 
 matplotlib.use('Agg')  # Files only; no display is needed or wanted.
+# Its DEBUG lines (hundreds per figure: font lookups) would pass through
+# absl's handler at --verbosity=1.
+logging.getLogger('matplotlib').setLevel(logging.INFO)
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 

@@ -6,6 +6,8 @@ the way a single run does: finished trials (summary.json present) are
 skipped, interrupted ones continue from their checkpoints. The config.json
 main.py leaves in a trial's workdir says what the trial was run with; a rerun
 whose base config or fixed overrides differ is refused rather than mixed in.
+Before anything is created, every trial to run has its whole config checked
+by config_rules in one child process (this one never imports JAX).
 """
 
 import copy
@@ -13,6 +15,7 @@ import csv
 import functools
 import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -21,9 +24,12 @@ import runpy
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
+import time
+import traceback
 from concurrent import futures
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 
@@ -37,28 +43,98 @@ MAIN = os.path.join(ROOT, 'main.py')
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGKILL)
 ACCEPTED = {bool: 'true or false', int: 'an integer',
             float: 'a finite number'}
+# A key of a constructor's options dict, as cli takes --config.NAME_kwargs.KEY:
+# it may be one the config file does not list.
+KWARGS_KEY = re.compile(r'\w+_kwargs\.\w+')
 # Columns of the result table: the metrics of a trial's last epoch, then
 # what its summary.json says of its best checkpoint.
 METRIC_PREFIXES = ('train_', 'validation_', 'test_')
 BEST_KEYS = ('best_chosen_on', 'best_validation_accuracy',
              'best_test_accuracy', 'best_epoch')
 TAIL_COLUMNS = [*BEST_KEYS, 'wall_seconds', 'error']
+# How long the child that checks the trials' configs may take (it imports
+# JAX and Flax, about 2 s); past it the trials check their own.
+CHECK_TIMEOUT_SECONDS = 120
+# The child: a JSON list of config dicts on stdin; out, as the last line of
+# stdout, [kind, message] per config: kind 'ok', 'invalid' (a rule it breaks)
+# or 'raised' (the check itself failed, as it would in main.py). Its import
+# path is main.py's (the project's folder first, not the current one).
+_CHECK_CONFIGS = '''
+import json, sys
+sys.path[0] = sys.argv[1]
+import ml_collections
+import config_rules
+results = []
+for config in json.load(sys.stdin):
+  try:
+    config_rules.validate_config(ml_collections.ConfigDict(config),
+                                 device_count=1, training=True)
+    results.append(['ok', ''])
+  except config_rules.ConfigError as e:
+    results.append(['invalid', str(e)])
+  except Exception as e:  # pylint: disable=broad-except
+    results.append(['raised', f'{type(e).__name__}: {e}'])
+print(json.dumps(results))
+'''
 _running: dict[int, subprocess.Popen] = {}
 _running_lock = threading.Lock()
 
 
 class SweepError(ValueError):
-  """A sweep spec that cannot run; the message names the bad part."""
+  """A sweep spec that cannot run; the message names the bad part.
+
+  `details`, if given, is the traceback behind it (a sweep file's own),
+  shown at --verbosity=1.
+  """
+
+  def __init__(self, message: str, details: Optional[str] = None):
+    super().__init__(message)
+    self.details = details
+
+
+def _current(config: ml_collections.ConfigDict, key: str) -> tuple[bool, Any]:
+  """(True, value) of `key` ('lr', 'model_kwargs.stem') in `config`, or
+  (False, None) for a NAME_kwargs key the config does not list yet;
+  SweepError for a key main.py would not take."""
+  *parents, leaf = key.split('.')
+  node = config
+  for part in parents:
+    node = node.get(part) if isinstance(node, ml_collections.ConfigDict) \
+        else None
+  if isinstance(node, ml_collections.ConfigDict):
+    if leaf in node:
+      return True, node[leaf]
+    if KWARGS_KEY.fullmatch(key):
+      return False, None
+  kwargs = [k for k in config if k.endswith('_kwargs')]
+  raise SweepError(
+      f'unknown config key {key!r} in sweep; accepted: '
+      f'{", ".join(sorted(config.keys()))}' +
+      ''.join(f', {k}.KEY' for k in kwargs))
 
 
 def parse_value(config: ml_collections.ConfigDict, key: str, text: Any):
-  """Converts `text` to the type of config[key]; SweepError if it can't."""
-  if key not in config:
-    raise SweepError(f'unknown config key {key!r} in sweep; accepted: '
-                     f'{", ".join(sorted(config.keys()))}')
-  current = config[key]
+  """Converts `text` to the type of config[key]; SweepError if it can't.
+
+  A NAME_kwargs.KEY the config lacks takes its value as main.py reads it
+  (cli.parse_value); the config's rules check it before the sweep runs.
+  """
+  found, current = _current(config, key)
+  if isinstance(current, ml_collections.ConfigDict):
+    raise SweepError(f'{key} is a dict of options; accepted: its keys, one '
+                     f'at a time (--sweep={key}.KEY=V1,V2)')
   if not isinstance(text, str):  # From a sweep file: check the type only.
     text = format_value(text)
+  if not found or not isinstance(current, (bool, int, float)):
+    try:
+      value = cli.parse_value(text, current) if '.' in key else text
+    except ValueError as e:
+      raise SweepError(f'bad value {text!r} for {key}; accepted: '
+                       f'{e}') from None
+    if isinstance(value, float) and not math.isfinite(value):
+      raise SweepError(f'bad value {text!r} for {key}; accepted: a finite '
+                       f'number')
+    return value
   try:
     if isinstance(current, bool):
       if text.lower() not in ('true', 'false'):
@@ -66,15 +142,25 @@ def parse_value(config: ml_collections.ConfigDict, key: str, text: Any):
       return text.lower() == 'true'
     if isinstance(current, int):
       return int(text)
-    if isinstance(current, float):
-      if not math.isfinite(float(text)):
-        raise ValueError(text)
-      return float(text)
-    return text
+    if not math.isfinite(float(text)):
+      raise ValueError(text)
+    return float(text)
   except ValueError:
     kind = type(current)
     raise SweepError(f'bad value {text!r} for {key} (a {kind.__name__} in '
                      f'the config; accepted: {ACCEPTED[kind]})') from None
+
+
+def split_values(text: str) -> list[str]:
+  """'0.1, 0.2' -> ['0.1', '0.2']; a comma inside brackets stays, so that a
+  tuple is one value: '(8,16),(16,32)' -> ['(8,16)', '(16,32)']."""
+  items, depth, start = [], 0, 0
+  for i, char in enumerate(text):
+    depth = max(0, depth + (char in '([{') - (char in ')]}'))
+    if char == ',' and not depth:
+      items.append(text[start:i])
+      start = i + 1
+  return [v.strip() for v in items + [text[start:]] if v.strip()]
 
 
 def parse_sweep_flags(config, specs: Sequence[str]) -> list[dict]:
@@ -84,7 +170,7 @@ def parse_sweep_flags(config, specs: Sequence[str]) -> list[dict]:
     key, sep, values = spec.partition('=')
     if not sep or not key:
       raise SweepError(f'--sweep={spec!r} is not KEY=V1,V2,...')
-    items = [v.strip() for v in values.split(',') if v.strip()]
+    items = split_values(values)
     if not items:
       raise SweepError(f'--sweep={spec!r} lists no values; accepted: '
                        f'{key}=V1,V2,... with at least one value')
@@ -106,19 +192,30 @@ def _call_get_sweep(path: str):
     get_sweep = runpy.run_path(path).get('get_sweep')
   except Exception as e:  # pylint: disable=broad-except
     raise SweepError(f'--sweep_file {path!r} does not load '
-                     f'({_one_line(e)}); {accepted}') from None
+                     f'({_one_line(e)}); {accepted}',
+                     _user_traceback(e)) from None
   if not callable(get_sweep):
     raise SweepError(f'--sweep_file {path!r} has no get_sweep(); {accepted}')
   try:
     return get_sweep()
   except Exception as e:  # pylint: disable=broad-except
     raise SweepError(f'--sweep_file {path!r}: get_sweep() raised '
-                     f'{_one_line(e)}') from None
+                     f'{_one_line(e)}', _user_traceback(e)) from None
 
 
 def _one_line(error: Exception) -> str:
   lines = str(error).strip().splitlines()
   return type(error).__name__ + (f': {lines[0]}' if lines else '')
+
+
+def _user_traceback(error: Exception) -> str:
+  """The traceback of `error` from the first frame outside this module and
+  runpy: the user's file and what it called."""
+  tb = error.__traceback__
+  while tb is not None and tb.tb_frame.f_globals.get('__name__') in (
+      __name__, 'runpy'):
+    tb = tb.tb_next
+  return ''.join(traceback.format_exception(type(error), error, tb))
 
 
 def load_sweep_file(config, path: str) -> list[dict]:
@@ -191,10 +288,22 @@ def trial_name(trial: dict) -> str:
   return re.sub(r'[^A-Za-z0-9_.,=+-]', '_', text)
 
 
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict):
+  """Sets each {key: value} of `overrides` in `config` as main.py does; a
+  dotted key ('model_kwargs.stem') sets a key of a nested dict, new or not."""
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      node = node[part]
+    with node.unlocked():
+      node[leaf] = value
+
+
 def expected_config(config: ml_collections.ConfigDict, trial: dict) -> dict:
   """The config.json main.py writes for `trial`, as json.load reads it."""
   config = copy.deepcopy(config)  # Keeps references: a linked key follows.
-  config.update(trial)
+  apply_overrides(config, trial)
   return json.loads(json.dumps(config.to_dict()))
 
 
@@ -223,7 +332,9 @@ def check_recorded_configs(workdir: str, config, trials: Sequence[dict]):
 
 
 def _first_difference(recorded: dict, wanted: dict) -> Optional[str]:
-  """The first key (in `wanted`'s order) whose value or presence differs."""
+  """The first key (in `wanted`'s order) whose value or presence differs;
+  inside nested dicts, as 'model_kwargs.stem'."""
+  recorded, wanted = _flatten(recorded), _flatten(wanted)
   for key in [*wanted, *(k for k in recorded if k not in wanted)]:
     if (key in recorded) != (key in wanted) or (
         recorded.get(key) != wanted.get(key)):
@@ -231,8 +342,79 @@ def _first_difference(recorded: dict, wanted: dict) -> Optional[str]:
   return None
 
 
+def _flatten(config: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}; an empty dict stays a value."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, dict) and value:
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
 def _show(config: dict, key: str) -> str:
+  config = _flatten(config)
   return f'{key}={config[key]!r}' if key in config else f'no {key}'
+
+
+def check_configs_in_child(configs: Sequence[dict]) -> list[list[str]]:
+  """[kind, message] per config dict from config_rules, checked in one child
+  process (the rules import JAX); RuntimeError saying why if it gives no
+  answer."""
+  # No GPU is needed to build a module; none is taken from the trials.
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  try:
+    child = subprocess.run(
+        [sys.executable, '-c', _CHECK_CONFIGS, ROOT], input=json.dumps(
+            list(configs)), capture_output=True, text=True, env=env,
+        timeout=CHECK_TIMEOUT_SECONDS)
+  except subprocess.TimeoutExpired:
+    raise RuntimeError(f'the check took over {CHECK_TIMEOUT_SECONDS} '
+                       f's') from None
+  except OSError as e:
+    raise RuntimeError(_one_line(e)) from None
+  try:
+    results = json.loads(child.stdout.strip().splitlines()[-1])
+    if len(results) != len(configs):
+      raise ValueError
+    return results
+  except (ValueError, IndexError):
+    errors = child.stderr.strip().splitlines()
+    raise RuntimeError(errors[-1].strip() if errors else
+                       f'the check exited {child.returncode}') from None
+
+
+def check_trial_configs(config: ml_collections.ConfigDict,
+                        trials: Sequence[dict]):
+  """SweepError naming the first trial whose whole config breaks one of
+  config_rules' rules, and the rule.
+
+  As on one device: how many a trial will see is not known here. A check
+  that gives no answer leaves it to the trials, each in its own main.py.
+  """
+  if not trials:
+    return
+  try:
+    results = check_configs_in_child(
+        [expected_config(config, t) for t in trials])
+  except RuntimeError as e:
+    print(f'[sweep] warning: the trials\' configs were not checked before '
+          f'the run ({e}); each trial checks its own', file=sys.stderr,
+          flush=True)
+    return
+  bad = [(t, kind, message) for t, (kind, message) in zip(trials, results)
+         if kind != 'ok']
+  if bad:
+    trial, kind, message = bad[0]
+    others = len(bad) - 1
+    more = (f' ({others} other{"s" * (others > 1)} of the {len(trials)} '
+            f'trials to run {"are" if others > 1 else "is"} invalid too)'
+            if others else '')
+    if kind == 'raised':
+      message = f'the config check raised {message}'
+    raise SweepError(f'trial {trial_name(trial)}: {message}{more}; nothing '
+                     f'was run')
 
 
 def trial_status(workdir: str) -> str:
@@ -302,8 +484,9 @@ def _start(args, log, env, stop) -> Optional[subprocess.Popen]:
   return proc
 
 
-def run_trial(workdir, config_file, fixed, trial, device=None,
-              stop=None) -> Optional[str]:
+def run_trial(workdir, config_file, fixed, trial, device=None, stop=None,
+              on_start: Optional[Callable[[str], None]] = None
+              ) -> Optional[str]:
   """Runs one trial to its end in a child process.
 
   Args:
@@ -313,6 +496,8 @@ def run_trial(workdir, config_file, fixed, trial, device=None,
     trial: {key: value} overrides of this one.
     device: CUDA_VISIBLE_DEVICES for the child; None leaves it alone.
     stop: once set, the trial does not start.
+    on_start: called with the path of the trial's log (the child's output)
+      once the child has started.
 
   Returns:
     'done', 'interrupted' or 'failed'; None if `stop` kept it from starting.
@@ -329,7 +514,8 @@ def run_trial(workdir, config_file, fixed, trial, device=None,
     proc = _start(args, log, env, stop)
     if proc is None:
       return None
-    print(f'[sweep] {trial_name(trial)}: running', flush=True)
+    if on_start:
+      on_start(log_path)
     code = proc.wait()
     with _running_lock:
       _running.pop(proc.pid, None)
@@ -367,21 +553,106 @@ def collect(workdir: str, trial: dict) -> dict:
   return row
 
 
+def format_duration(seconds: float) -> str:
+  """'42 s', '3 min 05 s', '2 h 07 min'."""
+  seconds = max(0, round(seconds))
+  if seconds < 60:
+    return f'{seconds} s'
+  if seconds < 3600:
+    return f'{seconds // 60} min {seconds % 60:02d} s'
+  return f'{seconds // 3600} h {seconds % 3600 // 60:02d} min'
+
+
+def show_path(path: str) -> str:
+  """`path` relative to the current folder if inside it (shorter to read and
+  to paste), else absolute."""
+  relative = os.path.relpath(path)
+  return path if relative.startswith('..') else relative
+
+
+class Progress:
+  """The sweep's progress lines: each trial's start (with its log), its end
+  (status, time, best accuracy) and the time the rest should take.
+
+  The estimate is the mean time of the trials done in this invocation times
+  those left, over `parallel`; trials that failed or stopped early are left
+  out of the mean.
+  """
+
+  def __init__(self, total: int, parallel: int, clock=time.monotonic):
+    self._total, self._parallel, self._clock = total, parallel, clock
+    self._lock = threading.Lock()
+    self._numbers, self._starts, self._done_seconds = {}, {}, []
+    self._ended = 0
+
+  def _print(self, line: str):
+    with self._lock:  # One write: lines of parallel trials stay whole.
+      sys.stdout.write(line + '\n')
+      sys.stdout.flush()
+
+  def start(self, trial: dict, log_path: str):
+    name = trial_name(trial)
+    with self._lock:
+      self._numbers[name] = len(self._numbers) + 1
+      self._starts[name] = self._clock()
+    # The log's path names the trial (its folder).
+    self._print(f'[sweep] {self._numbers[name]}/{self._total} started, log: '
+                f'{show_path(log_path)}')
+
+  def end(self, trial: dict, status: str, workdir: str):
+    """Prints the end of the trial run in `workdir` with `status`."""
+    name = trial_name(trial)
+    with self._lock:
+      seconds = self._clock() - self._starts[name]
+      self._ended += 1
+      if status == 'done':
+        self._done_seconds.append(seconds)
+      left = self._total - self._ended
+      mean = (sum(self._done_seconds) / len(self._done_seconds)
+              if self._done_seconds else None)
+    line = (f'[sweep] {self._numbers[name]}/{self._total} {name}: {status} '
+            f'in {format_duration(seconds)}')
+    if status == 'done':
+      summary = workdir_files.read_json(workdir, workdir_files.SUMMARY) or {}
+      split = summary.get('best_chosen_on')
+      best = summary.get(f'best_{split}_accuracy')
+      if isinstance(best, (int, float)):
+        line += f', best {split} accuracy {best:.4f}'
+    elif status == 'failed':
+      error = (workdir_files.read_json(workdir, workdir_files.FAILED) or
+               {}).get('error', '')
+      line += f': {textwrap.shorten(error, 100, placeholder=" ...")}'
+    if left and mean is not None and status != 'interrupted':
+      line += (f'; {left} left, about '
+               f'{format_duration(mean * left / self._parallel)}')
+    self._print(line)
+
+
+def trials_to_run(workdir: str, trials: Sequence[dict],
+                  retry_failed: bool) -> list[dict]:
+  """The trials not finished: not done, and not failed unless retried."""
+  return [t for t in trials if trial_status(
+      os.path.join(workdir, trial_name(t))) not in (
+          ('done',) if retry_failed else ('done', 'failed'))]
+
+
 def run_sweep(workdir, config_file, fixed, trials, *, parallel=1,
               visible_devices=(), retry_failed=False,
               stop: Optional[threading.Event] = None) -> list[dict]:
   """Runs the trials that are not finished, `parallel` at a time."""
   stop = stop or threading.Event()
+  to_run = trials_to_run(workdir, trials, retry_failed)
   todo = []
   for trial in trials:
     path = os.path.join(workdir, trial_name(trial))
     status = trial_status(path)
-    if status == 'done' or (status == 'failed' and not retry_failed):
+    if trial not in to_run:
       print(f'[sweep] {trial_name(trial)}: {status}, skipped', flush=True)
       continue
     if status == 'failed':
       os.remove(os.path.join(path, workdir_files.FAILED))
     todo.append((trial, path))
+  progress = Progress(len(todo), parallel)
   slots = list(range(parallel))
   slots_lock = threading.Lock()
 
@@ -392,9 +663,10 @@ def run_sweep(workdir, config_file, fixed, trials, *, parallel=1,
     try:
       device = (visible_devices[slot % len(visible_devices)]
                 if visible_devices else None)
-      status = run_trial(path, config_file, fixed, trial, device, stop)
+      status = run_trial(path, config_file, fixed, trial, device, stop,
+                         on_start=functools.partial(progress.start, trial))
       if status:
-        print(f'[sweep] {trial_name(trial)}: {status}', flush=True)
+        progress.end(trial, status, path)
     finally:
       with slots_lock:
         slots.append(slot)
@@ -410,8 +682,46 @@ def _sort_key(row):
           -row.get('best_test_accuracy', 0.0))
 
 
+def format_cell(key: str, value) -> str:
+  """A table cell: counts (epochs, steps) as integers (a partial last epoch
+  with 2 decimals, or 1 digit below 0.01), accuracies and losses with 4
+  decimals, seconds with 1."""
+  if value is None:
+    return ''
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return str(value)
+  if key.endswith(('epoch', 'epochs', 'step', 'steps')):
+    if float(value).is_integer():
+      return str(int(value))
+    return f'{value:.2f}' if abs(value) >= 0.01 else f'{value:.1g}'
+  if isinstance(value, int):
+    return str(value)
+  if key.endswith('seconds'):
+    return f'{value:.1f}'
+  return f'{value:.4f}' if key.endswith(('accuracy', 'loss')) else (
+      f'{value:.4g}')
+
+
+def ranking_warning(rows: Sequence[dict]) -> Optional[str]:
+  """One line if any trial's best checkpoint, and so the ranking, was chosen
+  on the test set (no validation split); None otherwise."""
+  chosen = [r['best_chosen_on'] for r in rows if 'best_chosen_on' in r]
+  if 'test' not in chosen:
+    return None
+  on_test = chosen.count('test')
+  which = ('no trial has a validation split, so each best checkpoint'
+           if on_test == len(chosen) else
+           f'{on_test} of the {len(chosen)} finished trials have no '
+           f'validation split, so their best checkpoints')
+  return (f'warning: {which} and this ranking are chosen on the test set '
+          f'(its accuracy is then optimistic); sweep with '
+          f'--config.validation_fraction=0.1 (in another --workdir) to choose '
+          f'on held-out training data')
+
+
 def write_reports(workdir: str, rows: list[dict]) -> str:
-  """Writes sweep.csv, sweep.md and sweep.png; returns the markdown table."""
+  """Writes sweep.csv (full precision), sweep.md and sweep.png; returns the
+  markdown: the table and, if the test set chose the ranking, a warning."""
   rows = sorted(rows, key=_sort_key)
   swept, metrics = [], []
   for row in rows:
@@ -430,38 +740,53 @@ def write_reports(workdir: str, rows: list[dict]) -> str:
     writer = csv.DictWriter(f, fieldnames=header, extrasaction='ignore')
     writer.writeheader()
     writer.writerows(rows)
-
-  def cell(row, key):
-    value = row.get(key, '')
-    return f'{value:.4f}' if isinstance(value, float) else str(value)
-
   lines = ['| ' + ' | '.join(header) + ' |',
            '|' + '---|' * len(header)]
-  lines += ['| ' + ' | '.join(cell(r, k) for k in header) + ' |'
-            for r in rows]
+  lines += ['| ' + ' | '.join(format_cell(k, r.get(k)) for k in header) +
+            ' |' for r in rows]
+  warning = ranking_warning(rows)
+  if warning:
+    lines += ['', warning]
   table = '\n'.join(lines) + '\n'
   with open(os.path.join(workdir, workdir_files.SWEEP_TABLE), 'w') as f:
     f.write(table)
+  # At --verbosity=1 absl would pass on matplotlib's hundreds of DEBUG lines.
+  logging.getLogger('matplotlib').setLevel(logging.INFO)
   import plots  # pylint: disable=g-import-not-at-top
   plots.plot_sweep({r['trial']: r['history'] for r in rows if 'history' in r},
                    os.path.join(workdir, workdir_files.SWEEP_PLOT))
   return table
 
 
+def report_error(error: SweepError, verbose: bool):
+  """The one `error:` line; at --verbosity=1 a sweep file's traceback
+  first."""
+  hint = ''
+  if error.details and verbose:
+    sys.stderr.write(error.details)
+    sys.stderr.flush()
+  elif error.details:
+    hint = ' (run with --verbosity=1 for the traceback)'
+  cli.print_line(f'error: {error}{hint}')
+
+
 def sweep_and_report(workdir, config, config_file, fixed, specs, sweep_file,
-                     *, parallel, visible_devices, retry_failed) -> int:
+                     *, parallel, visible_devices, retry_failed,
+                     verbose=False) -> int:
   """The sweep command: checks the spec, runs, reports; returns exit code.
 
   Args:
     workdir: the sweep's folder; relative to the current directory.
     config: the base config with the fixed overrides applied.
     config_file: the base config's file, as main.py's --config.
-    fixed: {key: value}, the --config.KEY=VALUE overrides of every trial.
+    fixed: {key: value}, the --config.KEY=VALUE overrides of every trial
+      (also 'model_kwargs.KEY': text, as typed).
     specs: --sweep values, 'KEY=V1,V2,...'.
     sweep_file: --sweep_file or None.
     parallel: trials run at a time.
     visible_devices: GPU ids for trial slots (CUDA_VISIBLE_DEVICES).
     retry_failed: run failed trials again.
+    verbose: print a sweep file's traceback before its error line.
 
   Returns:
     0 all done, 1 some failed, EXIT_PREEMPTED some unfinished, 2 a bad spec
@@ -472,11 +797,15 @@ def sweep_and_report(workdir, config, config_file, fixed, specs, sweep_file,
     trials = build_trials(config, specs, sweep_file, fixed)
     check_options(workdir, parallel, visible_devices)
     check_recorded_configs(workdir, config, trials)
+    todo = trials_to_run(workdir, trials, retry_failed)
+    check_trial_configs(config, todo)
   except SweepError as e:
-    cli.print_line(f'error: {e}')
+    report_error(e, verbose)
     return cli.EXIT_BAD_INPUT
   os.makedirs(workdir, exist_ok=True)
-  print(f'[sweep] {len(trials)} trials in {workdir}', flush=True)
+  print(f'[sweep] {len(trials)} trials in {show_path(workdir)}, '
+        f'{len(todo)} to run' + (f', {parallel} at a time' if min(
+            parallel, len(todo)) > 1 else ''), flush=True)
   stop = threading.Event()
   handler = functools.partial(handle_signal, stop)
   previous = {s: signal.signal(s, handler)

@@ -1,4 +1,5 @@
-"""Tests for sweep.py / sweep_runner.py: spec parsing, whole sweeps, resume.
+"""Tests for sweep.py / sweep_runner.py: spec parsing, the checks made before
+anything is created, whole sweeps, resume, progress lines and the table.
 
 Most tests run sweeps in-process with a stand-in for main.py (FAKE_MAIN: the
 same flags, no training) or a fake Popen; two slow tests train for real.
@@ -14,9 +15,12 @@ import time
 from concurrent import futures
 
 from absl import flags
+import ml_collections
 from ml_collections import config_flags
 import pytest
 
+import cli
+import config_rules
 import conftest
 import sweep_runner
 from configs import default
@@ -24,15 +28,16 @@ from configs import default
 TIMEOUT = 600
 DEFAULT_CONFIG = os.path.join(conftest.ROOT, 'configs', 'default.py')
 
-# main.py's flags and files without training: config.json as main.py writes
-# it, summary.json (its best_* keys as main.py writes them) with test
-# accuracy = learning rate, and main.py's exit 2
+# main.py's flags (--config.model_kwargs.KEY too) and files without training:
+# config.json as main.py writes it, summary.json (its best_* keys as main.py
+# writes them) with test accuracy = learning rate, and main.py's exit 2
 # when data_dir (relative to where it runs) is missing.
 FAKE_MAIN = f'''
 import json, os, sys
 sys.path.insert(0, {conftest.ROOT!r})
 from absl import app, flags
 from ml_collections import config_flags
+import cli
 flags.DEFINE_string('workdir', None, '')
 config_flags.DEFINE_config_file('config', None, '')
 
@@ -53,8 +58,22 @@ def main(argv):
       best_step=10, best_epoch=1, best_test_accuracy=accuracy,
       history=[dict(epoch=1, step=10, test_accuracy=accuracy)]))
 
-app.run(main)
+app.run(main, flags_parser=cli.parse_flags)
 '''
+
+
+def check_in_process(configs):
+  """sweep_runner.check_configs_in_child's answer without the child (its
+  seconds of JAX import): the same rules, in this process."""
+  results = []
+  for config in configs:
+    try:
+      config_rules.validate_config(ml_collections.ConfigDict(config),
+                                   device_count=1, training=True)
+      results.append(['ok', ''])
+    except config_rules.ConfigError as e:
+      results.append(['invalid', str(e)])
+  return results
 
 
 @pytest.fixture
@@ -62,6 +81,8 @@ def fake_main(tmp_path, monkeypatch):
   path = tmp_path / 'fake_main.py'
   path.write_text(FAKE_MAIN)
   monkeypatch.setattr(sweep_runner, 'MAIN', str(path))
+  monkeypatch.setattr(sweep_runner, 'check_configs_in_child',
+                      check_in_process)
   return str(path)
 
 
@@ -83,13 +104,18 @@ class FakeProc:
 
 @pytest.fixture
 def popen(monkeypatch):
-  """Replaces subprocess.Popen; set .proc, read .calls."""
+  """Replaces subprocess.Popen for main.py (other children, such as the
+  config check's, run); set .proc, read .calls."""
+  real_popen = subprocess.Popen
+
   class Recorder:
 
     def __init__(self):
       self.calls, self.proc = [], FakeProc(0)
 
     def __call__(self, args, **kwargs):
+      if sweep_runner.MAIN not in args:
+        return real_popen(args, **kwargs)
       self.calls.append((args, kwargs))
       return self.proc
 
@@ -100,14 +126,18 @@ def popen(monkeypatch):
 
 def sweep(workdir, config=None, fixed=None, specs=('learning_rate=0.1,0.2',),
           config_file=DEFAULT_CONFIG, sweep_file=None, parallel=1,
-          visible_devices=()):
-  """sweep_runner.sweep_and_report with `fixed` applied to `config` first."""
+          visible_devices=(), verbose=False):
+  """sweep_runner.sweep_and_report with `fixed` applied to `config` first,
+  as sweep.py has them: 'model_kwargs.KEY' ones as text, by cli."""
   config = config or default.get_config()
-  config.update(fixed or {})
+  fixed = fixed or {}
+  config.update({k: v for k, v in fixed.items() if '.' not in k})
+  cli.apply_kwargs_overrides(config, {k: v for k, v in fixed.items()
+                                      if '.' in k})
   return sweep_runner.sweep_and_report(
-      workdir, config, config_file, fixed or {}, list(specs), sweep_file,
+      workdir, config, config_file, fixed, list(specs), sweep_file,
       parallel=parallel, visible_devices=list(visible_devices),
-      retry_failed=False)
+      retry_failed=False, verbose=verbose)
 
 
 def error_line(capsys):
@@ -139,6 +169,15 @@ def test_cross_product_parsed_with_config_types():
     (['learning_rate=inf'], "bad value 'inf' for learning_rate"),
     (['learning_rate=-inf'], "bad value '-inf' for learning_rate"),
     (['data_dir=a/b,a_b'], "would share the folder 'data_dir=a_b'"),
+    (['model_kwargs.dropout_rate=0.1,x'],
+     "bad value 'x' for model_kwargs.dropout_rate .*a finite number"),
+    (['model_kwargs.dropout_rate=nan'], "bad value 'nan'"),
+    (['model_kwargs.hidden=1e999'], "bad value '1e999' .*a finite number"),
+    (['model_kwargs=1'], r'model_kwargs is a dict of options; accepted: its '
+                         r'keys, one at a time \(--sweep=model_kwargs.KEY'),
+    (['model.stem=small'],
+     "unknown config key 'model.stem' .*model_kwargs.KEY"),
+    (['foo_kwargs.a=1'], "unknown config key 'foo_kwargs.a'"),
 ])
 def test_bad_spec_is_refused(specs, match):
   with pytest.raises(sweep_runner.SweepError, match=match):
@@ -162,6 +201,177 @@ def test_sweep_file(tmp_path):
                              ['learning_rate=0.1', 'batch_size=8'],
                              str(path)) == [{'learning_rate': 0.1,
                                              'batch_size': 8}]
+
+
+def test_model_kwargs_keys_are_swept_with_their_types(tmp_path):
+  config = default.get_config()
+  trials = sweep_runner.parse_sweep_flags(config, [
+      'model_kwargs.dropout_rate=0,0.5', 'model_kwargs.stem=small'])
+  # A key in the config takes its type; a new one is read as main.py reads
+  # it (cli.parse_value).
+  assert trials == [{'model_kwargs.dropout_rate': 0.0,
+                     'model_kwargs.stem': 'small'},
+                    {'model_kwargs.dropout_rate': 0.5,
+                     'model_kwargs.stem': 'small'}]
+  assert sweep_runner.trial_name(trials[1]) == (
+      'model_kwargs.dropout_rate=0.5,model_kwargs.stem=small')
+  assert sweep_runner.override_args(trials[1]) == [
+      '--config.model_kwargs.dropout_rate=0.5',
+      '--config.model_kwargs.stem=small']
+  # A comma inside brackets does not split values: two tuples.
+  assert sweep_runner.parse_sweep_flags(config, [
+      'model_kwargs.widths=(8,16), [16, 32]']) == [
+          {'model_kwargs.widths': (8, 16)}, {'model_kwargs.widths': [16, 32]}]
+  path = tmp_path / 'sweep.py'
+  path.write_text('def get_sweep():\n'
+                  '  return [{"model": "resnet18",\n'
+                  '           "model_kwargs.widths": (8, 8, 16, 16)}]\n')
+  trial, = sweep_runner.build_trials(config, [], str(path))
+  assert trial == {'model': 'resnet18', 'model_kwargs.widths': (8, 8, 16, 16)}
+  # As main.py saves it: model_kwargs nested, the tuple a JSON list.
+  assert sweep_runner.expected_config(config, trial)['model_kwargs'] == {
+      'dropout_rate': 0.0, 'dtype': 'float32', 'widths': [8, 8, 16, 16]}
+  assert 'widths' not in config.model_kwargs  # The base config is kept.
+  with pytest.raises(sweep_runner.SweepError,
+                     match="'model_kwargs.dtype' is both fixed"):
+    sweep_runner.build_trials(config, ['model_kwargs.dtype=bfloat16'], None,
+                              fixed_keys={'model_kwargs.dtype': 'float32'})
+
+
+def test_rerun_with_other_model_kwargs_names_the_nested_key(tmp_path):
+  config = default.get_config()
+  trial = {'model_kwargs.dropout_rate': 0.5}
+  folder = tmp_path / sweep_runner.trial_name(trial)
+  folder.mkdir()
+  recorded = sweep_runner.expected_config(config, trial)
+  (folder / 'config.json').write_text(json.dumps(recorded))
+  sweep_runner.check_recorded_configs(str(tmp_path), config, [trial])
+  cli.apply_kwargs_overrides(config, {'model_kwargs.dtype': 'bfloat16'})
+  with pytest.raises(sweep_runner.SweepError) as error:
+    sweep_runner.check_recorded_configs(str(tmp_path), config, [trial])
+  assert ("was run with model_kwargs.dtype='float32', this sweep gives "
+          "model_kwargs.dtype='bfloat16'") in str(error.value)
+  cli.apply_kwargs_overrides(config, {'model_kwargs.dtype': 'float32',
+                                      'model_kwargs.extra': '1'})
+  with pytest.raises(sweep_runner.SweepError,
+                     match='was run with no model_kwargs.extra, this sweep '
+                           'gives model_kwargs.extra=1'):
+    sweep_runner.check_recorded_configs(str(tmp_path), config, [trial])
+
+
+def test_model_kwargs_reach_every_trial(tmp_path, fake_main):
+  workdir = str(tmp_path / 'sweep')
+  assert sweep(workdir, fixed={'model': 'resnet18',
+                               'model_kwargs.stem': 'small'},
+               specs=['model_kwargs.dropout_rate=0.1,0.2']) == 0
+  saved = json.load(open(os.path.join(
+      workdir, 'model_kwargs.dropout_rate=0.2', 'config.json')))
+  assert saved['model_kwargs'] == {'dropout_rate': 0.2, 'dtype': 'float32',
+                                   'stem': 'small'}
+  # Run again: the recorded nested configs match, nothing is rerun.
+  assert sweep(workdir, fixed={'model': 'resnet18',
+                               'model_kwargs.stem': 'small'},
+               specs=['model_kwargs.dropout_rate=0.1,0.2']) == 0
+
+
+def test_config_rules_check_every_trial_in_one_child():
+  config = default.get_config()
+  trials = [{'learning_rate': 0.1}, {'learning_rate': -1.0},
+            {'momentum': 1.5}, {'model_kwargs.foo': 1},
+            {'model': 'resnet18', 'model_kwargs.stem': 'tiny'},
+            {'batch_size': 7}]  # Any batch suits the one device assumed.
+  results = sweep_runner.check_configs_in_child(
+      [sweep_runner.expected_config(config, t) for t in trials])
+  assert results == [
+      ['ok', ''], ['invalid', 'learning_rate must be > 0, got -1.0'],
+      ['invalid', 'momentum must be in [0, 1), got 1.5'],
+      ['invalid', "unknown config key 'model_kwargs.foo' for model cnn; "
+                  "accepted: model_kwargs.dropout_rate, model_kwargs.dtype"],
+      ['invalid', "model_kwargs: unknown stem 'tiny'; accepted: imagenet, "
+                  "small"],
+      ['ok', '']]
+
+
+def tree(path):
+  """Every file and folder under `path` with its bytes and mtime."""
+  found = {}
+  for folder, dirs, files in os.walk(path):
+    for name in dirs + files:
+      full = os.path.join(folder, name)
+      found[full] = (os.stat(full).st_mtime_ns, None if name in dirs else
+                     open(full, 'rb').read())
+  return found
+
+
+def test_invalid_trials_are_refused_before_anything_is_created(
+    tmp_path, popen, monkeypatch, capsys):
+  monkeypatch.setattr(sweep_runner, 'check_configs_in_child',
+                      check_in_process)
+  workdir = str(tmp_path / 'sweep')
+  assert sweep(workdir, specs=['learning_rate=-1,-2']) == 2
+  assert error_line(capsys) == (
+      'error: trial learning_rate=-1.0: learning_rate must be > 0, got -1.0 '
+      '(1 other of the 2 trials to run is invalid too); nothing was run')
+  assert not os.path.exists(workdir) and not popen.calls
+  # A sweep folder of earlier trials stays as it was, to the byte.
+  old = os.path.join(workdir, 'learning_rate=0.1')
+  os.makedirs(old)
+  with open(os.path.join(old, 'config.json'), 'w') as f:
+    json.dump(sweep_runner.expected_config(default.get_config(),
+                                           {'learning_rate': 0.1}), f)
+  before = tree(workdir)
+  assert sweep(workdir, specs=['learning_rate=0.1,0.2',
+                               'model_kwargs.foo=1']) == 2
+  assert ("trial learning_rate=0.1,model_kwargs.foo=1: unknown config key "
+          "'model_kwargs.foo' for model cnn") in error_line(capsys)
+  assert tree(workdir) == before and not popen.calls
+
+
+@pytest.mark.parametrize('code,reason', [
+    ('import sys; sys.exit("no JAX here")', 'no JAX here'),
+    ('import time; time.sleep(30)', 'the check took over 0.5 s'),
+    ('print("not json")', 'the check exited 0'),
+])
+def test_a_check_without_an_answer_leaves_it_to_the_trials(
+    tmp_path, popen, monkeypatch, capsys, code, reason):
+  monkeypatch.setattr(sweep_runner, '_CHECK_CONFIGS', code)
+  monkeypatch.setattr(sweep_runner, 'CHECK_TIMEOUT_SECONDS', 0.5)
+  monkeypatch.setattr(sweep_runner, 'write_reports', lambda *_: '')
+  # Both trials run (FakeProc exits 0 but leaves no summary: unfinished).
+  assert sweep(str(tmp_path / 'sweep')) == 75
+  assert f"configs were not checked before the run ({reason}); each trial " \
+         f"checks its own" in capsys.readouterr().err
+  assert len(popen.calls) == 2
+
+
+SWEEP_FILE_RAISING = """
+def values():
+  return {'a': 1}['b']
+
+def get_sweep():
+  return [{'learning_rate': values()}]
+"""
+
+
+@pytest.mark.parametrize('body,error', [
+    (SWEEP_FILE_RAISING, "get_sweep() raised KeyError: 'b'"),
+    ('import no_such_helper\n', "does not load (ModuleNotFoundError"),
+])
+def test_sweep_file_traceback_is_shown_at_verbosity_1(tmp_path, popen,
+                                                       capsys, body, error):
+  path = tmp_path / 'my_sweep.py'
+  path.write_text(body)
+  workdir = str(tmp_path / 'sweep')
+  assert sweep(workdir, specs=(), sweep_file=str(path)) == 2
+  line = error_line(capsys)
+  assert error in line
+  assert line.endswith('(run with --verbosity=1 for the traceback)')
+  assert sweep(workdir, specs=(), sweep_file=str(path), verbose=True) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert lines[0] == 'Traceback (most recent call last):'
+  assert lines[1].startswith(f'  File "{path}", line ')  # Not runpy's.
+  assert error in lines[-1] and 'verbosity' not in lines[-1]
+  assert not os.path.exists(workdir) and not popen.calls
 
 
 @pytest.mark.parametrize('body,match', [
@@ -305,17 +515,21 @@ def test_cli_gives_trials_the_fixed_overrides(tmp_path):
   result = conftest.run_python(
       ['-c', launcher, f'--workdir={workdir}', '--config=configs/default.py',
        '--config.num_epochs', '3', '--config.dataset', 'my data',
+       '--config.model_kwargs.dropout_rate', '0.3',
        '--sweep=learning_rate=0.1'], timeout=TIMEOUT)
   assert result.returncode == 0, result.stderr[-3000:]
   config = json.load(open(os.path.join(workdir, 'learning_rate=0.1',
                                        'config.json')))
   assert (config['num_epochs'], config['dataset']) == (3, 'my data')
+  assert config['model_kwargs'] == {'dropout_rate': 0.3, 'dtype': 'float32'}
 
 
 def test_cli_bad_input_exits_2_in_one_line_before_any_trial(tmp_path):
   workdir = str(tmp_path / 'sweep')
   no_get_config = tmp_path / 'no_get_config.py'
   no_get_config.write_text('CONFIG = {}\n')
+  raising = tmp_path / 'raising_sweep.py'
+  raising.write_text(SWEEP_FILE_RAISING)
   base = ['sweep.py', f'--workdir={workdir}']
   lr = '--sweep=learning_rate=0.1'
   for args, error in [
@@ -338,10 +552,20 @@ def test_cli_bad_input_exits_2_in_one_line_before_any_trial(tmp_path):
        '--parallel=0; accepted: an integer >= 1'),
       (['--config=configs/default.py', lr, 'extra'],
        "unexpected arguments ['extra']; accepted: flags only"),
+      (['--config=configs/default.py', f'--sweep_file={raising}'],
+       f"--sweep_file '{raising}': get_sweep() raised KeyError: 'b' (run "
+       f"with --verbosity=1 for the traceback)"),
   ]:
     result = conftest.run_python(base + args, timeout=TIMEOUT)
     assert (result.returncode, result.stderr.strip().splitlines()) == (
         2, [f'error: {error}']), args
+  result = conftest.run_python(
+      base + ['--config=configs/default.py', f'--sweep_file={raising}',
+              '--verbosity=1'], timeout=TIMEOUT)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and lines[0].startswith('Traceback')
+  assert lines[-2:] == ["KeyError: 'b'", f"error: --sweep_file '{raising}': "
+                        f"get_sweep() raised KeyError: 'b'"], lines
   assert not os.path.exists(workdir)
 
 
@@ -361,6 +585,63 @@ def test_trial_exit_code_gives_its_status(tmp_path, popen, code, status):
   assert kwargs.get('cwd') is None  # Where the sweep runs, not ROOT.
   assert os.path.isfile(os.path.join(workdir, 'failed.json')) == (
       status == 'failed')
+
+
+def test_trial_start_names_the_file_its_output_goes_to(tmp_path, popen):
+  logs = []
+  sweep_runner.run_trial(str(tmp_path / 't'), 'c.py', {}, {'seed': 1},
+                         on_start=logs.append)
+  assert logs == [popen.calls[0][1]['stdout'].name] == [
+      str(tmp_path / 't' / 'train.log')]
+
+
+class Clock:
+  """time.monotonic for Progress: each call returns the next value."""
+
+  def __init__(self, *times):
+    self.times = list(times)
+
+  def __call__(self):
+    return self.times.pop(0)
+
+
+def test_progress_lines_give_each_trial_its_log_time_result_and_eta(
+    tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)  # Logs below it are shown relative to it.
+  done, failed = tmp_path / 'done', tmp_path / 'failed'
+  done.mkdir()
+  failed.mkdir()
+  (done / 'summary.json').write_text(json.dumps(
+      {'best_chosen_on': 'validation', 'best_validation_accuracy': 0.812345,
+       'best_test_accuracy': 0.9}))
+  (failed / 'failed.json').write_text(json.dumps(
+      {'error': 'error: loss or gradients are not finite at step 3'}))
+  # Four trials, two at a time (the last does not start here): a starts at
+  # 0 s and b at 5 s; a is done at 100 s, b fails at 120 s; c runs from 130
+  # to 230 s.
+  progress = sweep_runner.Progress(4, parallel=2,
+                                   clock=Clock(0, 5, 100, 120, 130, 230))
+  a, b, c = {'lr': 0.1}, {'lr': 0.2}, {'lr': 0.3}
+  progress.start(a, str(done / 'train.log'))
+  progress.start(b, 'sweep/lr=0.2/train.log')
+  progress.end(a, 'done', str(done))
+  progress.end(b, 'failed', str(failed))
+  progress.start(c, '/elsewhere/lr=0.3/train.log')
+  progress.end(c, 'done', str(done))
+  assert capsys.readouterr().out.splitlines() == [
+      '[sweep] 1/4 started, log: done/train.log',
+      '[sweep] 2/4 started, log: sweep/lr=0.2/train.log',
+      # The mean of the done trials times those left, over --parallel.
+      '[sweep] 1/4 lr=0.1: done in 1 min 40 s, best validation accuracy '
+      '0.8123; 3 left, about 2 min 30 s',
+      # A failure is left out of the mean.
+      '[sweep] 2/4 lr=0.2: failed in 1 min 55 s: error: loss or gradients '
+      'are not finite at step 3; 2 left, about 1 min 40 s',
+      '[sweep] 3/4 started, log: /elsewhere/lr=0.3/train.log',
+      '[sweep] 3/4 lr=0.3: done in 1 min 40 s, best validation accuracy '
+      '0.8123; 1 left, about 50 s']
+  assert [sweep_runner.format_duration(t) for t in (0.4, 59.6, 3600, 7321)] \
+      == ['0 s', '1 min 00 s', '1 h 00 min', '2 h 02 min']
 
 
 def test_signal_before_a_trial_starts_keeps_it_from_starting(tmp_path,
@@ -477,3 +758,58 @@ def test_failed_trial_is_recorded_and_others_finish(tmp_path, data_dir):
   assert rows['0.01']['status'] == 'done'
   assert rows['1000000.0']['status'] == 'failed'
   assert 'not finite' in rows['1000000.0']['error']
+
+
+def test_table_shows_counts_as_integers_and_the_csv_keeps_every_digit(
+    tmp_path):
+  history = [{'epoch': 1.0, 'step': 10, 'test_accuracy': 0.5}]
+  rows = [
+      {'trial': 'lr=0.1', 'lr': '0.1', 'status': 'done',
+       'test_loss': 1.23456789, 'test_accuracy': 0.123456789,
+       'best_chosen_on': 'validation', 'best_validation_accuracy': 0.2,
+       'best_test_accuracy': 0.123456789, 'best_epoch': 3.0,
+       'wall_seconds': 12.3456, 'history': history},
+      {'trial': 'lr=0.2', 'lr': '0.2', 'status': 'done', 'test_loss': 2.0,
+       'test_accuracy': 0.1, 'best_chosen_on': 'validation',
+       'best_validation_accuracy': 0.1, 'best_test_accuracy': 0.1,
+       'best_epoch': 100 / 3, 'wall_seconds': 5.0, 'history': history},
+      {'trial': 'lr=9', 'lr': '9', 'status': 'failed', 'error': 'error: x'}]
+  table = sweep_runner.write_reports(str(tmp_path), rows)
+  assert table.splitlines()[2:] == [
+      '| lr=0.1 | 0.1 | done | 1.2346 | 0.1235 | validation | 0.2000 | '
+      '0.1235 | 3 | 12.3 |  |',
+      '| lr=0.2 | 0.2 | done | 2.0000 | 0.1000 | validation | 0.1000 | '
+      '0.1000 | 33.33 | 5.0 |  |',
+      '| lr=9 | 9 | failed |  |  |  |  |  |  |  | error: x |']
+  assert open(tmp_path / 'sweep.md').read() == table
+  saved = {r['trial']: r for r in read_csv(str(tmp_path))}
+  assert saved['lr=0.1']['test_accuracy'] == '0.123456789'
+  assert float(saved['lr=0.2']['best_epoch']) == 100 / 3
+  assert saved['lr=0.1']['best_epoch'] == '3.0'
+  # A short run's only (partial) epoch: 4 steps of 1875.
+  assert sweep_runner.format_cell('best_epoch', 4 / 1875) == '0.002'
+
+
+def test_ranking_on_the_test_set_is_warned_of_under_the_table(tmp_path):
+  history = [{'epoch': 1, 'step': 10, 'test_accuracy': 0.5}]
+
+  def row(name, chosen_on):
+    return {'trial': name, 'status': 'done', 'best_chosen_on': chosen_on,
+            'best_test_accuracy': 0.5, 'history': history}
+
+  warning = ('warning: 1 of the 2 finished trials have no validation split, '
+             'so their best checkpoints and this ranking are chosen on the '
+             'test set (its accuracy is then optimistic); sweep with '
+             '--config.validation_fraction=0.1 (in another --workdir) to '
+             'choose on held-out training data')
+  table = sweep_runner.write_reports(
+      str(tmp_path), [row('a', 'validation'), row('b', 'test'),
+                      {'trial': 'c', 'status': 'pending'}])
+  assert table.splitlines()[-2:] == ['', warning]
+  assert open(tmp_path / 'sweep.md').read() == table
+  assert sweep_runner.ranking_warning([row('b', 'test')]).startswith(
+      'warning: no trial has a validation split, so each best checkpoint '
+      'and this ranking are chosen on the test set')
+  table = sweep_runner.write_reports(str(tmp_path), [row('a', 'validation')])
+  assert 'warning' not in table and 'warning' not in open(
+      tmp_path / 'sweep.md').read()
