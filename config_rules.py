@@ -31,6 +31,8 @@ RESUME_CHANGES = {
     'eval_with_ema': 'evaluation and the best checkpoint use the other '
                      'parameters from now on',
     'augment': 'steps after the checkpoint see other augmented images',
+    'freeze': 'steps after the checkpoint train other parameters',
+    'lr_multipliers': 'steps after the checkpoint use the new factors',
     'num_epochs': 'the run now ends at another step',
     'num_train_steps': 'the run now ends at another step',
     'eval_batch_size': 'test metrics may differ in the last float digits '
@@ -118,9 +120,15 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
           f"{config.model}; accepted: "
           f"{', '.join(f'model_kwargs.{k}' for k in sorted(accepted))}")
   try:
-    models.create_model(config.model, 10, **kwargs)
+    model = models.create_model(config.model, 10, **kwargs)
   except (ValueError, TypeError) as e:
     raise ConfigError(f'model_kwargs: {e}') from None
+  if config.freeze or config.lr_multipliers:
+    try:
+      optimizers.check_parameter_rules(config.freeze, config.lr_multipliers,
+                                       models.parameter_paths(model))
+    except optimizers.OptimizerError as e:
+      raise ConfigError(str(e)) from None
   for key in ('batch_size', 'eval_batch_size') if training else (
       'eval_batch_size',):
     if config[key] % device_count:

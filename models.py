@@ -10,6 +10,7 @@ import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -165,10 +166,14 @@ class ResNet(nn.Module):
                      kernel_init=nn.initializers.variance_scaling(
                          2.0, 'fan_out', 'normal'))
 
-    # Statistics are always kept in float32, whatever the compute dtype.
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=1e-5,
-                             dtype=dtype)
+    def norm(**kwargs):
+      # Statistics are always kept in float32, whatever the compute dtype.
+      # use_running_average goes with the call, not the constructor, so that
+      # training can switch a frozen part to its running statistics
+      # (steps.train_step).
+      module = nn.BatchNorm(momentum=self.bn_momentum, epsilon=1e-5,
+                            dtype=dtype, **kwargs)
+      return functools.partial(module, use_running_average=not train)
     x = x.astype(dtype)
     if self.stem == 'imagenet':
       x = conv(self.stem_width, (7, 7), 2)(x)
@@ -225,6 +230,23 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     if key == 'dtype':
       _dtype(value)
   return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+def parameter_path(key_path) -> str:
+  """A parameter's path from its pytree key path, as freeze and
+  lr_multipliers match it: 'BasicBlock_0/Conv_0/kernel'."""
+  return '/'.join(str(getattr(k, 'key', k)) for k in key_path)
+
+
+def parameter_paths(model: nn.Module, image_shape=(32, 32, 3)) -> list[str]:
+  """The paths of the model's parameters ('layer1_0/conv1/kernel'), from
+  its abstract initialisation (no compile); the names do not depend on the
+  image size."""
+  shapes = jax.eval_shape(functools.partial(model.init, train=False),
+                          jax.random.PRNGKey(0),
+                          jnp.ones((1, *image_shape)))
+  return [parameter_path(path) for path, _ in
+          jax.tree_util.tree_flatten_with_path(shapes['params'])[0]]
 
 
 def model_options(name: str) -> set[str]:

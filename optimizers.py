@@ -7,10 +7,14 @@ accumulation, whose counters live in the optimizer state and so resume
 exactly.
 """
 
+import re
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
+
+import models
 
 # Optimizers that use config.weight_decay (masked, see decay_mask).
 TAKE_WEIGHT_DECAY = ('sgd', 'momentum', 'adamw')
@@ -103,9 +107,91 @@ def create_learning_rate_fn(schedule: str, base_lr: float, total_steps: int,
   return LR_SCHEDULES[schedule](base_lr, total_steps, warmup_steps)
 
 
+def parse_lr_multipliers(text: str) -> list[tuple[str, float]]:
+  """'layer[1-4]=0.1,fc=1' -> [('layer[1-4]', 0.1), ('fc', 1.0)]."""
+  rules = []
+  for item in filter(None, (part.strip() for part in text.split(','))):
+    pattern, sep, factor = item.rpartition('=')
+    try:
+      value = float(factor)
+    except ValueError:
+      value = -1.0
+    if not sep or not pattern or not value >= 0 or value == float('inf'):
+      raise OptimizerError(
+          f'lr_multipliers item {item!r} is not REGEX=FACTOR with a factor '
+          f'>= 0; accepted: e.g. \'layer[1-4]=0.1,fc=1\'')
+    rules.append((pattern, value))
+  return rules
+
+
+def _compiled(key: str, pattern: str) -> re.Pattern:
+  try:
+    return re.compile(pattern)
+  except re.error as e:
+    raise OptimizerError(f'{key} {pattern!r} is not a regular expression '
+                         f'({e}); accepted: a Python regex over parameter '
+                         f'paths such as layer1_0/conv1/kernel') from None
+
+
+def check_parameter_rules(freeze: str, lr_multipliers: str,
+                          paths: list[str]):
+  """OptimizerError unless every freeze and lr_multipliers pattern compiles
+  and matches at least one of the model's parameter `paths`."""
+  patterns = [('freeze', freeze)] if freeze else []
+  patterns += [('lr_multipliers', p) for p, _ in
+               parse_lr_multipliers(lr_multipliers)]
+  for key, pattern in patterns:
+    if not any(_compiled(key, pattern).search(p) for p in paths):
+      raise OptimizerError(
+          f'{key} {pattern!r} matches no parameter of the model; accepted: a '
+          f'regex over its parameter paths, e.g. {", ".join(paths[:4])}, ...')
+
+
+def update_factor(path: str, freeze: str, lr_multipliers: str) -> float:
+  """What a parameter's updates are multiplied by: 0 if frozen, else the
+  factor of the first lr_multipliers pattern it matches, else 1."""
+  if freeze and re.search(freeze, path):
+    return 0.0
+  for pattern, factor in parse_lr_multipliers(lr_multipliers):
+    if re.search(pattern, path):
+      return factor
+  return 1.0
+
+
+def scale_by_parameter(freeze: str, lr_multipliers: str, where: str
+                       ) -> optax.GradientTransformation:
+  """Multiplies each parameter's gradient or update by update_factor; a
+  frozen one becomes exactly 0 (not 0 * value, which is NaN for an inf).
+  Stateless: the factors come from the parameter paths, at trace time.
+
+  optax.multi_transform could route frozen parameters to set_to_zero, but
+  multipliers would need one inner optimizer per factor; one scaling of the
+  updates gives both, and for every optimizer here the update is linear in
+  the learning rate, so a factor on the update is a factor on the rate.
+  """
+
+  def scale(path, update):
+    name = models.parameter_path(path)
+    factor = update_factor(name, freeze,
+                           '' if where == 'gradients' else lr_multipliers)
+    if factor == 1.0:
+      return update
+    if factor == 0.0:
+      return jnp.zeros_like(update)
+    return update * jnp.asarray(factor, update.dtype)
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(scale, updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(),
+                                      update_fn)
+
+
 def create_optimizer(name: str, learning_rate: optax.ScalarOrSchedule,
                      momentum: float = 0.0, weight_decay: float = 0.0,
-                     grad_clip_norm: float = 0.0, grad_accum_steps: int = 1
+                     grad_clip_norm: float = 0.0, grad_accum_steps: int = 1,
+                     freeze: str = '', lr_multipliers: str = ''
                      ) -> optax.GradientTransformation:
   """Returns the optax optimizer `name` (one of OPTIMIZERS).
 
@@ -116,11 +202,20 @@ def create_optimizer(name: str, learning_rate: optax.ScalarOrSchedule,
     weight_decay: for the optimizers in TAKE_WEIGHT_DECAY, masked.
     grad_clip_norm: > 0 clips the global gradient norm first.
     grad_accum_steps: > 1 sums that many steps' gradients into one update.
+    freeze: a regex over parameter paths (parameter_path): those matched
+      are never changed (no gradient, no weight decay, no momentum).
+    lr_multipliers: 'REGEX=FACTOR,...': the updates of parameters matched
+      (first match wins) are scaled by FACTOR.
   """
   check_settings(name, momentum, weight_decay)
   tx = OPTIMIZERS[name](learning_rate, momentum, weight_decay)
   if grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
+  if freeze or lr_multipliers:
+    # Frozen gradients are zeroed first, so that they count in no clipping
+    # norm; updates are scaled last, after weight decay and momentum.
+    tx = optax.chain(*[scale_by_parameter(freeze, '', 'gradients')] * bool(
+        freeze), tx, scale_by_parameter(freeze, lr_multipliers, 'updates'))
   if grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=grad_accum_steps)
   return tx

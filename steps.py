@@ -10,7 +10,9 @@ loop (train.py), eval and predict (inference.py) and the benchmarks all take
 these from here.
 """
 
+import contextlib
 import functools
+import re
 from typing import Any
 
 from clu import metrics
@@ -149,14 +151,32 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
 
 
+def _frozen_norms(freeze: str):
+  """A Flax method interceptor that runs each BatchNorm whose parameters
+  `freeze` matches on its running statistics, as in eval: a frozen part
+  neither normalizes by the batch's statistics nor updates its own."""
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if (context.method_name == '__call__' and
+        isinstance(module, nn.BatchNorm) and any(
+            re.search(freeze, '/'.join([*module.path, name]))
+            for name in ('scale', 'bias'))):
+      kwargs = {**kwargs, 'use_running_average': True}
+    return next_fun(*args, **kwargs)
+
+  return interceptor
+
+
 def train_step(state: TrainState, images, labels, *,
                label_smoothing: float = 0.0, ema_decay: float = 0.0,
-               augment: str = 'none') -> TrainState:
+               augment: str = 'none', freeze: str = '') -> TrainState:
   """One optimizer step; loss and metrics come from the same forward pass.
 
   Dropout and augmentation draw from fold_in(rng, step), so a resumed step
   draws the same bits; BatchNorm statistics (any mutable collection) are
-  updated from the global batch.
+  updated from the global batch, except those of the BatchNorm layers
+  `freeze` matches (the optimizer leaves their parameters alone).
   """
   dropout_rng, augment_rng = jax.random.split(
       jax.random.fold_in(state.rng, state.step))
@@ -165,9 +185,11 @@ def train_step(state: TrainState, images, labels, *,
   mutable = list(state.model_state)
 
   def loss_fn(params):
-    logits, model_state = state.apply_fn(
-        {'params': params, **state.model_state}, images, train=True,
-        mutable=mutable, rngs={'dropout': dropout_rng})
+    with (nn.intercept_methods(_frozen_norms(freeze)) if freeze else
+          contextlib.nullcontext()):
+      logits, model_state = state.apply_fn(
+          {'params': params, **state.model_state}, images, train=True,
+          mutable=mutable, rngs={'dropout': dropout_rng})
     losses = cross_entropy(logits, labels, label_smoothing)
     return losses.mean(), (losses, logits, model_state)
 
@@ -241,7 +263,7 @@ def eval_and_predict_step(state: TrainState, images, labels, mask, *,
 
 def jit_steps(mesh: distributed.Mesh, *, label_smoothing: float = 0.0,
               ema_decay: float = 0.0, use_ema: bool = False,
-              augment: str = 'none'):
+              augment: str = 'none', freeze: str = ''):
   """The jitted (train_step, eval_step) every caller uses.
 
   The state is donated to the train step. Outputs are pinned replicated, so
@@ -249,7 +271,8 @@ def jit_steps(mesh: distributed.Mesh, *, label_smoothing: float = 0.0,
   """
   return (jax.jit(functools.partial(train_step,
                                     label_smoothing=label_smoothing,
-                                    ema_decay=ema_decay, augment=augment),
+                                    ema_decay=ema_decay, augment=augment,
+                                    freeze=freeze),
                   donate_argnums=0, out_shardings=mesh.replicated),
           jax.jit(functools.partial(eval_step, use_ema=use_ema),
                   out_shardings=mesh.replicated))
@@ -260,7 +283,8 @@ def create_optimizer_and_schedule(optimizer: str, learning_rate: float,
                                   warmup_steps: int, *, momentum: float = 0.0,
                                   weight_decay: float = 0.0,
                                   grad_clip_norm: float = 0.0,
-                                  grad_accum_steps: int = 1):
+                                  grad_accum_steps: int = 1,
+                                  freeze: str = '', lr_multipliers: str = ''):
   """(optax optimizer, step -> learning rate).
 
   With gradient accumulation the schedule counts optimizer updates, one per
@@ -272,7 +296,8 @@ def create_optimizer_and_schedule(optimizer: str, learning_rate: float,
       warmup_steps // accum)
   tx = optimizers.create_optimizer(
       optimizer, schedule, momentum=momentum, weight_decay=weight_decay,
-      grad_clip_norm=grad_clip_norm, grad_accum_steps=accum)
+      grad_clip_norm=grad_clip_norm, grad_accum_steps=accum, freeze=freeze,
+      lr_multipliers=lr_multipliers)
   return tx, lambda step: schedule(step // accum)
 
 
@@ -283,7 +308,8 @@ def optimizer_options(config) -> dict:
               lr_schedule=config.lr_schedule, momentum=config.momentum,
               weight_decay=config.weight_decay,
               grad_clip_norm=config.grad_clip_norm,
-              grad_accum_steps=config.grad_accum_steps)
+              grad_accum_steps=config.grad_accum_steps, freeze=config.freeze,
+              lr_multipliers=config.lr_multipliers)
 
 
 def evaluate(eval_fn, state, split, batch_size,

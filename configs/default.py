@@ -49,6 +49,12 @@ def get_config():
   # constant, cosine or warmup_cosine (linear warm-up for warmup_epochs).
   config.lr_schedule = 'constant'
   config.warmup_epochs = 0.0
+  # Regexes over parameter paths (e.g. 'layer1_0/conv1/kernel'; --verbosity=1
+  # lists them in the model table): freeze trains nothing it matches and
+  # keeps those BatchNorm layers on their running statistics;
+  # lr_multipliers 'REGEX=FACTOR,...' scales their learning rate.
+  config.freeze = ''
+  config.lr_multipliers = ''
   # 0 turns each off; grad_accum_steps 1 updates every step.
   config.grad_clip_norm = 0.0
   config.label_smoothing = 0.0

@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+import models
 import optimizers
 
 PARAMS = {'Conv_0': {'kernel': jnp.ones((3, 3, 1, 2)), 'bias': jnp.ones(2)},
@@ -76,3 +77,29 @@ def test_schedules():
       99)) == pytest.approx(0.1)
   assert set(optimizers.LR_SCHEDULES) == {'constant', 'cosine',
                                           'warmup_cosine'}
+
+
+def test_update_factors_follow_freeze_then_the_first_multiplier():
+  rules = 'BasicBlock_[01]/=0.1,Dense=2,.=1'
+  assert optimizers.update_factor('BasicBlock_0/Conv_0/kernel', '', rules) == 0.1
+  assert optimizers.update_factor('Dense_0/kernel', '', rules) == 2.0
+  assert optimizers.update_factor('Conv_0/kernel', '', rules) == 1.0
+  assert optimizers.update_factor('Dense_0/kernel', 'Dense', rules) == 0.0
+
+
+@pytest.mark.parametrize('freeze,multipliers,message', [
+    ('layer1', '', "freeze 'layer1' matches no parameter of the model; "
+                   "accepted: a regex over its parameter paths, e.g. "
+                   "BasicBlock_0/"),
+    ('(', '', "freeze '(' is not a regular expression"),
+    ('', 'Dense=fast', "lr_multipliers item 'Dense=fast' is not "
+                       "REGEX=FACTOR with a factor >= 0"),
+    ('', 'Dense', "lr_multipliers item 'Dense' is not REGEX=FACTOR"),
+    ('', 'Dense=-1', "lr_multipliers item 'Dense=-1' is not REGEX=FACTOR"),
+    ('', 'fc=0.1', "lr_multipliers 'fc' matches no parameter"),
+])
+def test_bad_parameter_rules_are_named(freeze, multipliers, message):
+  paths = models.parameter_paths(models.create_model('resnet18', 10))
+  with pytest.raises(optimizers.OptimizerError) as e:
+    optimizers.check_parameter_rules(freeze, multipliers, paths)
+  assert message in str(e.value)

@@ -1,6 +1,7 @@
 """Tests for steps.py: the state, the train/eval steps, EMA, metrics."""
 
 import functools
+import re
 
 from flax import linen as nn
 import jax
@@ -261,3 +262,66 @@ def test_bfloat16_compute_keeps_float32_parameters_and_state():
                                                state.opt_state))}
   assert dtypes == {np.dtype(np.float32)}
   assert state.window_metrics.compute()['loss'].dtype == np.float32
+
+
+def _trained_resnet(freeze='', lr_multipliers='', learning_rate=0.05,
+                    momentum=0.9, num_steps=3):
+  model = models.create_model('resnet18', 10, widths=(4, 4, 8, 8),
+                              stem='small', stem_width=4)
+  tx, _ = steps.create_optimizer_and_schedule(
+      'sgd', learning_rate, 'constant', num_steps, 0, momentum=momentum,
+      weight_decay=1e-3, grad_clip_norm=1.0, freeze=freeze,
+      lr_multipliers=lr_multipliers)
+  state = steps.create_train_state(model, tx, (28, 28, 1), 0)
+  start = jax.tree.map(np.asarray, (state.params, state.model_state))
+  images, labels = _fixed_batch()
+  step = jax.jit(functools.partial(steps.train_step, freeze=freeze))
+  for _ in range(num_steps):
+    state = step(state, images, labels)
+  return start, (state.params, state.model_state)
+
+
+def _by_path(tree):
+  return {models.parameter_path(p): np.asarray(v) for p, v in
+          jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_frozen_parameters_and_their_statistics_stay_bitwise():
+  freeze = r'^(Conv_0|BatchNorm_0|BasicBlock_0)/'
+  (params0, state0), (params, state) = _trained_resnet(freeze=freeze)
+  for before, after, collection in ((params0, params, False),
+                                    (state0, state, True)):
+    before, after = _by_path(before), _by_path(after)
+    # A statistics path starts with its collection: batch_stats/Conv_0/...
+    frozen = [p for p in before if re.search(
+        freeze, p.split('/', 1)[1] if collection else p)]
+    assert frozen and len(frozen) < len(before)
+    for path in before:
+      same = np.array_equal(before[path], after[path])
+      assert same == (path in frozen), path
+
+
+def test_a_frozen_batchnorm_normalizes_by_its_running_statistics():
+  # With only the head trained, the frozen backbone computes the same
+  # features in training as in evaluation: its BatchNorm layers use their
+  # running statistics, not the batch's.
+  model = models.create_model('resnet18', 10, widths=(4, 4, 8, 8),
+                              stem='small', stem_width=4)
+  variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 28, 28, 1)))
+  images, _ = _fixed_batch()
+  with nn.intercept_methods(steps._frozen_norms('^(?!Dense)')):
+    train_logits, _ = model.apply(variables, images, train=True,
+                                  mutable=['batch_stats'])
+  eval_logits = model.apply(variables, images, train=False)
+  np.testing.assert_array_equal(train_logits, eval_logits)
+
+
+def test_a_multiplier_scales_the_learning_rate():
+  # Plain SGD: the update is linear in the learning rate.
+  _, (half, _) = _trained_resnet(lr_multipliers='.=0.5', momentum=0.0,
+                                 num_steps=1)
+  _, (slow, _) = _trained_resnet(learning_rate=0.025, momentum=0.0,
+                                 num_steps=1)
+  for path, value in _by_path(half).items():
+    np.testing.assert_allclose(value, _by_path(slow)[path], rtol=1e-6,
+                               atol=1e-7, err_msg=path)
