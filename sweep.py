@@ -11,7 +11,7 @@ are refused (each trial's config.json says what it ran with). Every
 trial's config is checked against the config rules before anything is
 created. Paths are relative to where the command runs. Results: W/sweep.csv,
 W/sweep.md (best first) and W/sweep.png. This file defines flags only; see
-sweep_runner.py.
+sweep_runner.py (the trials) and sweep_report.py (the results).
 """
 
 import sys

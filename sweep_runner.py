@@ -1,4 +1,4 @@
-"""Hyperparameter sweeps: trial specs, running trials, and the result table.
+"""Hyperparameter sweeps: trial specs and running the trials.
 
 A trial is a dict of config overrides. Each runs as `main.py` in its own
 process and its own workdir, named after its overrides, so a sweep resumes
@@ -7,15 +7,14 @@ skipped, interrupted ones continue from their checkpoints. The config.json
 main.py leaves in a trial's workdir says what the trial was run with; a rerun
 whose base config or fixed overrides differ is refused rather than mixed in.
 Before anything is created, every trial to run has its whole config checked
-by config_rules in one child process (this one never imports JAX).
+by config_rules in one child process (this one never imports JAX). What the
+trials leave is read and tabled by sweep_report.
 """
 
 import copy
-import csv
 import functools
 import itertools
 import json
-import logging
 import math
 import os
 import re
@@ -24,9 +23,7 @@ import runpy
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
-import time
 import traceback
 from concurrent import futures
 from typing import Any, Callable, Optional, Sequence
@@ -34,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 import ml_collections
 
 import cli
+import sweep_report
 import workdir_files
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -46,12 +44,6 @@ ACCEPTED = {bool: 'true or false', int: 'an integer',
 # A key of a constructor's options dict, as cli takes --config.NAME_kwargs.KEY:
 # it may be one the config file does not list.
 KWARGS_KEY = re.compile(r'\w+_kwargs\.\w+')
-# Columns of the result table: the metrics of a trial's last epoch, then
-# what its summary.json says of its best checkpoint.
-METRIC_PREFIXES = ('train_', 'validation_', 'test_')
-BEST_KEYS = ('best_chosen_on', 'best_validation_accuracy',
-             'best_test_accuracy', 'best_epoch')
-TAIL_COLUMNS = [*BEST_KEYS, 'wall_seconds', 'error']
 # How long the child that checks the trials' configs may take (it imports
 # JAX and Flax, about 2 s); past it the trials check their own.
 CHECK_TIMEOUT_SECONDS = 120
@@ -417,16 +409,6 @@ def check_trial_configs(config: ml_collections.ConfigDict,
                      f'was run')
 
 
-def trial_status(workdir: str) -> str:
-  if os.path.isfile(os.path.join(workdir, workdir_files.SUMMARY)):
-    return 'done'
-  if os.path.isfile(os.path.join(workdir, workdir_files.FAILED)):
-    return 'failed'
-  if os.path.isdir(os.path.join(workdir, workdir_files.CHECKPOINTS)):
-    return 'interrupted'
-  return 'pending'
-
-
 def exit_status(code: int) -> str:
   """'done', 'interrupted' (resumable) or 'failed', from main.py's code."""
   if code == 0:
@@ -531,107 +513,10 @@ def run_trial(workdir, config_file, fixed, trial, device=None, stop=None,
   return status
 
 
-def collect(workdir: str, trial: dict) -> dict:
-  """One row of the result table."""
-  row = {'trial': trial_name(trial), **{k: format_value(v)
-                                         for k, v in trial.items()}}
-  row['status'] = trial_status(workdir)
-  if row['status'] == 'done':
-    summary = workdir_files.read_json(workdir, workdir_files.SUMMARY)
-    # Every metric of the run's last epoch, whatever the trainer records.
-    row.update({k: v for k, v in summary['history'][-1].items()
-                if k.startswith(METRIC_PREFIXES)})
-    # The best checkpoint as the run's checkpoint manager ranked it: on
-    # validation accuracy when the run holds out a validation split, so the
-    # test set picks nothing.
-    row.update({k: summary[k] for k in BEST_KEYS if k in summary})
-    row['wall_seconds'] = summary['wall_seconds']
-    row['history'] = summary['history']
-  elif row['status'] == 'failed':
-    row['error'] = workdir_files.read_json(workdir, workdir_files.FAILED)[
-        'error']
-  return row
-
-
-def format_duration(seconds: float) -> str:
-  """'42 s', '3 min 05 s', '2 h 07 min'."""
-  seconds = max(0, round(seconds))
-  if seconds < 60:
-    return f'{seconds} s'
-  if seconds < 3600:
-    return f'{seconds // 60} min {seconds % 60:02d} s'
-  return f'{seconds // 3600} h {seconds % 3600 // 60:02d} min'
-
-
-def show_path(path: str) -> str:
-  """`path` relative to the current folder if inside it (shorter to read and
-  to paste), else absolute."""
-  relative = os.path.relpath(path)
-  return path if relative.startswith('..') else relative
-
-
-class Progress:
-  """The sweep's progress lines: each trial's start (with its log), its end
-  (status, time, best accuracy) and the time the rest should take.
-
-  The estimate is the mean time of the trials done in this invocation times
-  those left, over `parallel`; trials that failed or stopped early are left
-  out of the mean.
-  """
-
-  def __init__(self, total: int, parallel: int, clock=time.monotonic):
-    self._total, self._parallel, self._clock = total, parallel, clock
-    self._lock = threading.Lock()
-    self._numbers, self._starts, self._done_seconds = {}, {}, []
-    self._ended = 0
-
-  def _print(self, line: str):
-    with self._lock:  # One write: lines of parallel trials stay whole.
-      sys.stdout.write(line + '\n')
-      sys.stdout.flush()
-
-  def start(self, trial: dict, log_path: str):
-    name = trial_name(trial)
-    with self._lock:
-      self._numbers[name] = len(self._numbers) + 1
-      self._starts[name] = self._clock()
-    # The log's path names the trial (its folder).
-    self._print(f'[sweep] {self._numbers[name]}/{self._total} started, log: '
-                f'{show_path(log_path)}')
-
-  def end(self, trial: dict, status: str, workdir: str):
-    """Prints the end of the trial run in `workdir` with `status`."""
-    name = trial_name(trial)
-    with self._lock:
-      seconds = self._clock() - self._starts[name]
-      self._ended += 1
-      if status == 'done':
-        self._done_seconds.append(seconds)
-      left = self._total - self._ended
-      mean = (sum(self._done_seconds) / len(self._done_seconds)
-              if self._done_seconds else None)
-    line = (f'[sweep] {self._numbers[name]}/{self._total} {name}: {status} '
-            f'in {format_duration(seconds)}')
-    if status == 'done':
-      summary = workdir_files.read_json(workdir, workdir_files.SUMMARY) or {}
-      split = summary.get('best_chosen_on')
-      best = summary.get(f'best_{split}_accuracy')
-      if isinstance(best, (int, float)):
-        line += f', best {split} accuracy {best:.4f}'
-    elif status == 'failed':
-      error = (workdir_files.read_json(workdir, workdir_files.FAILED) or
-               {}).get('error', '')
-      line += f': {textwrap.shorten(error, 100, placeholder=" ...")}'
-    if left and mean is not None and status != 'interrupted':
-      line += (f'; {left} left, about '
-               f'{format_duration(mean * left / self._parallel)}')
-    self._print(line)
-
-
 def trials_to_run(workdir: str, trials: Sequence[dict],
                   retry_failed: bool) -> list[dict]:
   """The trials not finished: not done, and not failed unless retried."""
-  return [t for t in trials if trial_status(
+  return [t for t in trials if sweep_report.trial_status(
       os.path.join(workdir, trial_name(t))) not in (
           ('done',) if retry_failed else ('done', 'failed'))]
 
@@ -639,123 +524,49 @@ def trials_to_run(workdir: str, trials: Sequence[dict],
 def run_sweep(workdir, config_file, fixed, trials, *, parallel=1,
               visible_devices=(), retry_failed=False,
               stop: Optional[threading.Event] = None) -> list[dict]:
-  """Runs the trials that are not finished, `parallel` at a time."""
+  """Runs the trials that are not finished, `parallel` at a time; returns
+  every trial's row of the result table (sweep_report.collect)."""
   stop = stop or threading.Event()
   to_run = trials_to_run(workdir, trials, retry_failed)
   todo = []
   for trial in trials:
     path = os.path.join(workdir, trial_name(trial))
-    status = trial_status(path)
+    status = sweep_report.trial_status(path)
     if trial not in to_run:
       print(f'[sweep] {trial_name(trial)}: {status}, skipped', flush=True)
       continue
     if status == 'failed':
       os.remove(os.path.join(path, workdir_files.FAILED))
     todo.append((trial, path))
-  progress = Progress(len(todo), parallel)
+  progress = sweep_report.Progress(len(todo), parallel)
   slots = list(range(parallel))
   slots_lock = threading.Lock()
 
   def work(item):
     trial, path = item
+    name = trial_name(trial)
     with slots_lock:
       slot = slots.pop(0)
     try:
       device = (visible_devices[slot % len(visible_devices)]
                 if visible_devices else None)
       status = run_trial(path, config_file, fixed, trial, device, stop,
-                         on_start=functools.partial(progress.start, trial))
+                         on_start=functools.partial(progress.start, name))
       if status:
-        progress.end(trial, status, path)
+        progress.end(name, status, path)
     finally:
       with slots_lock:
         slots.append(slot)
 
   with futures.ThreadPoolExecutor(max_workers=parallel) as pool:
     list(pool.map(work, todo))
-  return [collect(os.path.join(workdir, trial_name(t)), t) for t in trials]
-
-
-def _sort_key(row):
-  order = {'done': 0, 'interrupted': 1, 'pending': 2, 'failed': 3}
-  return (order[row['status']], -row.get('best_validation_accuracy', 0.0),
-          -row.get('best_test_accuracy', 0.0))
-
-
-def format_cell(key: str, value) -> str:
-  """A table cell: counts (epochs, steps) as integers (a partial last epoch
-  with 2 decimals, or 1 digit below 0.01), accuracies and losses with 4
-  decimals, seconds with 1."""
-  if value is None:
-    return ''
-  if isinstance(value, bool) or not isinstance(value, (int, float)):
-    return str(value)
-  if key.endswith(('epoch', 'epochs', 'step', 'steps')):
-    if float(value).is_integer():
-      return str(int(value))
-    return f'{value:.2f}' if abs(value) >= 0.01 else f'{value:.1g}'
-  if isinstance(value, int):
-    return str(value)
-  if key.endswith('seconds'):
-    return f'{value:.1f}'
-  return f'{value:.4f}' if key.endswith(('accuracy', 'loss')) else (
-      f'{value:.4g}')
-
-
-def ranking_warning(rows: Sequence[dict]) -> Optional[str]:
-  """One line if any trial's best checkpoint, and so the ranking, was chosen
-  on the test set (no validation split); None otherwise."""
-  chosen = [r['best_chosen_on'] for r in rows if 'best_chosen_on' in r]
-  if 'test' not in chosen:
-    return None
-  on_test = chosen.count('test')
-  which = ('no trial has a validation split, so each best checkpoint'
-           if on_test == len(chosen) else
-           f'{on_test} of the {len(chosen)} finished trials have no '
-           f'validation split, so their best checkpoints')
-  return (f'warning: {which} and this ranking are chosen on the test set '
-          f'(its accuracy is then optimistic); sweep with '
-          f'--config.validation_fraction=0.1 (in another --workdir) to choose '
-          f'on held-out training data')
-
-
-def write_reports(workdir: str, rows: list[dict]) -> str:
-  """Writes sweep.csv (full precision), sweep.md and sweep.png; returns the
-  markdown: the table and, if the test set chose the ranking, a warning."""
-  rows = sorted(rows, key=_sort_key)
-  swept, metrics = [], []
-  for row in rows:
-    for key in row:
-      if key in ['trial', 'status', 'history'] + TAIL_COLUMNS:
-        continue
-      group = metrics if key.startswith(METRIC_PREFIXES) else swept
-      if key not in group:
-        group.append(key)
-  validated = any('best_validation_accuracy' in r for r in rows)
-  tail = [c for c in TAIL_COLUMNS if validated or c not in (
-      'best_chosen_on', 'best_validation_accuracy')]
-  header = ['trial'] + swept + ['status'] + metrics + tail
-  with open(os.path.join(workdir, workdir_files.SWEEP_CSV), 'w',
-            newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=header, extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(rows)
-  lines = ['| ' + ' | '.join(header) + ' |',
-           '|' + '---|' * len(header)]
-  lines += ['| ' + ' | '.join(format_cell(k, r.get(k)) for k in header) +
-            ' |' for r in rows]
-  warning = ranking_warning(rows)
-  if warning:
-    lines += ['', warning]
-  table = '\n'.join(lines) + '\n'
-  with open(os.path.join(workdir, workdir_files.SWEEP_TABLE), 'w') as f:
-    f.write(table)
-  # At --verbosity=1 absl would pass on matplotlib's hundreds of DEBUG lines.
-  logging.getLogger('matplotlib').setLevel(logging.INFO)
-  import plots  # pylint: disable=g-import-not-at-top
-  plots.plot_sweep({r['trial']: r['history'] for r in rows if 'history' in r},
-                   os.path.join(workdir, workdir_files.SWEEP_PLOT))
-  return table
+  rows = []
+  for trial in trials:
+    name = trial_name(trial)
+    rows.append(sweep_report.collect(
+        os.path.join(workdir, name), name,
+        {k: format_value(v) for k, v in trial.items()}))
+  return rows
 
 
 def report_error(error: SweepError, verbose: bool):
@@ -803,7 +614,7 @@ def sweep_and_report(workdir, config, config_file, fixed, specs, sweep_file,
     report_error(e, verbose)
     return cli.EXIT_BAD_INPUT
   os.makedirs(workdir, exist_ok=True)
-  print(f'[sweep] {len(trials)} trials in {show_path(workdir)}, '
+  print(f'[sweep] {len(trials)} trials in {sweep_report.show_path(workdir)}, '
         f'{len(todo)} to run' + (f', {parallel} at a time' if min(
             parallel, len(todo)) > 1 else ''), flush=True)
   stop = threading.Event()
@@ -817,7 +628,7 @@ def sweep_and_report(workdir, config, config_file, fixed, specs, sweep_file,
   finally:
     for signum, old in previous.items():
       signal.signal(signum, old)
-  print(write_reports(workdir, rows), flush=True)
+  print(sweep_report.write_reports(workdir, rows), flush=True)
   if any(r['status'] == 'failed' for r in rows):
     return cli.EXIT_FAILED
   if stop.is_set() or any(r['status'] != 'done' for r in rows):

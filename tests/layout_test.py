@@ -13,7 +13,8 @@ import conftest
 NOT_THE_LOOP = ('inference', 'steps', 'reporting', 'data_sources',
                 'input_pipeline', 'checkpointing', 'config_rules')
 # The sweep command runs trials as processes and never needs JAX itself.
-WITHOUT_JAX = ('sweep', 'sweep_runner', 'cli', 'workdir_files')
+WITHOUT_JAX = ('sweep', 'sweep_runner', 'sweep_report', 'cli',
+               'workdir_files')
 
 
 def _module_files() -> dict:
