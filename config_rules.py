@@ -95,9 +95,10 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
                       f'warmup_cosine')
   if config.eval_with_ema and not config.ema_decay:
     raise ConfigError('eval_with_ema needs ema_decay > 0 (0 keeps no EMA)')
-  if config.num_train_steps == 0 or config.num_train_steps < -1:
-    raise ConfigError(f'num_train_steps must be -1 (derive from num_epochs) '
-                      f'or > 0, got {config.num_train_steps}')
+  if config.num_train_steps < -1:
+    raise ConfigError(f'num_train_steps must be -1 (derive from num_epochs), '
+                      f'0 (evaluate and save the initial state) or > 0, got '
+                      f'{config.num_train_steps}')
   for key, table in (('augment', augmentation.AUGMENTATIONS),
                      ('optimizer', optimizers.OPTIMIZERS),
                      ('lr_schedule', optimizers.LR_SCHEDULES),
@@ -160,7 +161,7 @@ def check_schedule(lr_schedule: str, warmup_epochs: float, warmup_steps: int,
                    total_steps: int):
   """Refuses a warm-up that would not end before the run does (the
   learning rate would never reach its peak)."""
-  if lr_schedule == 'warmup_cosine' and warmup_steps >= total_steps:
+  if lr_schedule == 'warmup_cosine' and warmup_steps >= total_steps > 0:
     raise ConfigError(
         f'warmup_epochs {warmup_epochs} is {warmup_steps} steps, not shorter '
         f'than the run ({total_steps} steps); accepted: a warm-up shorter '

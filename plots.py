@@ -13,23 +13,32 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 
+SPLITS = (('train', 'o-'), ('validation', '^-'), ('test', 's-'))
+
+
 def metric_names(history: Sequence[dict]) -> list[str]:
-  """The metrics a history holds: 'loss', 'accuracy', ... (from train_*)."""
-  return [k[len('train_'):] for k in history[0] if k.startswith('train_')]
+  """The metrics a history holds: 'loss', 'accuracy', ... of any split (a
+  record of step 0, before training, has no train_ ones)."""
+  names = []
+  for record in history:
+    for key in record:
+      split, _, name = key.partition('_')
+      if split in dict(SPLITS) and name and name not in names:
+        names.append(name)
+  return names
 
 
 def plot_history(history: Sequence[dict], path: str):
   """Every metric per epoch, train, validation and test, one panel each."""
   names = metric_names(history)
-  epochs = [h['epoch'] for h in history]
   fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4),
                            squeeze=False)
   for ax, name in zip(axes[0], names):
-    ax.plot(epochs, [h[f'train_{name}'] for h in history], 'o-', label='train')
-    for split, marker in (('validation', '^-'), ('test', 's-')):
-      if f'{split}_{name}' in history[0]:
-        ax.plot(epochs, [h[f'{split}_{name}'] for h in history], marker,
-                label=split)
+    for split, marker in SPLITS:
+      points = [(h['epoch'], h[f'{split}_{name}']) for h in history
+                if f'{split}_{name}' in h]
+      if points:
+        ax.plot(*zip(*points), marker, label=split)
     ax.set_xlabel('epoch')
     ax.set_ylabel(name)
     ax.set_title(name)

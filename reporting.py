@@ -116,7 +116,8 @@ def end_epoch(writer, state: steps.TrainState, step: int,
   """Records the epoch's train metrics and `evaluations` ({split: metrics},
   e.g. validation and test); starts a new epoch accumulator at epoch
   boundaries."""
-  train = steps.to_float_dict(state.epoch_metrics)
+  # Step 0 (a run of no steps) has trained on nothing.
+  train = steps.to_float_dict(state.epoch_metrics) if step else {}
   evaluated = {f'{split}_{k}': v for split, metrics in evaluations.items()
                for k, v in metrics.items()}
   record = {'epoch': step / steps_per_epoch, 'step': step,

@@ -92,7 +92,7 @@ def compute_steps(num_train_examples: int, batch_size: int, num_epochs: int,
     (steps_per_epoch, total_steps, warmup_steps).
   """
   per_epoch = input_pipeline.steps_per_epoch(num_train_examples, batch_size)
-  total = num_train_steps if num_train_steps > 0 else num_epochs * per_epoch
+  total = num_train_steps if num_train_steps >= 0 else num_epochs * per_epoch
   warmup = int(round(warmup_epochs * per_epoch))
   return per_epoch, total, warmup
 

@@ -136,7 +136,7 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
         use_ema=config.eval_with_ema, best_step=manager.best_step(),
         config=config.to_dict())
 
-  if start_step >= total_steps:
+  if start_step >= total_steps and (meta is not None or total_steps > 0):
     summary = None
     if os.path.isfile(os.path.join(workdir, workdir_files.SUMMARY)):
       logging.info('Run in %s already finished at step %d of %d; nothing to '
@@ -186,6 +186,15 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
 
   with preemption.PreemptionHandler() as stop_signal, _finish_saves_on_error(
       manager):
+    if total_steps == 0:  # The initial (e.g. pretrained) state, as step 0.
+      evaluations = {split: steps.evaluate(eval_step, state, data,
+                                           eval_batch_size, mesh)
+                     for split, data in dataset.eval_splits().items()}
+      state = reporting.end_epoch(writer, state, 0, steps_per_epoch,
+                                  evaluations, progress.history, mesh)
+      save(manager, 0, state, progress.meta(signature, config.to_dict()),
+           writer, checkpoint_dir, {f'{split}_accuracy': m['accuracy']
+                                    for split, m in evaluations.items()})
     for step in range(start_step, total_steps):
       state = train_step(state, *next(batches))
       if wait_each_step or step == start_step:

@@ -69,7 +69,8 @@ def get_config():
   config.batch_size = 32
   config.eval_batch_size = 1000
   config.num_epochs = 10
-  # -1: derived from num_epochs; a positive value stops there (short runs).
+  # -1: derived from num_epochs; a positive value stops there (short runs);
+  # 0 evaluates the initial (e.g. pretrained) state and saves it as step 0.
   config.num_train_steps = -1
   config.seed = 0
   config.log_every_steps = 100

@@ -18,7 +18,7 @@ from configs import default
     ('learning_rate', 0.0, 'learning_rate must be > 0'),
     ('batch_size', -4, 'batch_size must be > 0'),
     ('num_epochs', 0, 'num_epochs must be > 0'),
-    ('num_train_steps', 0, 'num_train_steps must be -1'),
+    ('num_train_steps', -2, 'num_train_steps must be -1'),
     ('learning_rate', float('nan'), 'learning_rate must be a finite number'),
     ('momentum', float('inf'), 'momentum must be a finite number'),
     ('momentum', -0.5, 'momentum must be in [0, 1), got -0.5'),

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 import checkpointing
 import conftest
 import data_sources
+import inference
 import preemption
 import train
 import workdir_files
@@ -341,3 +342,19 @@ def test_image_folder_streamed_and_resumed_equals_in_memory(tmp_path,
   assert info['image_shape'] == [12, 10, 3]
   assert 'decoded per batch' in info['source']
   assert summary['test_accuracy'] > 0
+
+
+def test_zero_steps_evaluates_and_saves_the_initial_state(tmp_path):
+  data = conftest.make_idx_dir(str(tmp_path / 'data'), num_train=32,
+                               num_test=20)
+  workdir = str(tmp_path / 'w')
+  config = conftest.tiny_config(data, num_train_steps=0)
+  summary = train.train_and_evaluate(config, workdir)
+  assert summary['best_step'] == 0 and summary['final_step'] == 0
+  assert summary['history'] == [{'epoch': 0.0, 'step': 0, **{
+      k: summary[k] for k in summary if k.startswith('test_')}}]
+  report = inference.evaluate_checkpoint(workdir_files.load_config(workdir),
+                                         workdir)  # Its default: best.
+  assert report['checkpoint_step'] == 0
+  assert report['accuracy'] == summary['test_accuracy']
+  assert train.train_and_evaluate(config, workdir) is None  # Finished.
