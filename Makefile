@@ -9,10 +9,13 @@ ARGS ?=
 
 .PHONY: venv data train test test-all gpu-bundle
 
-$(VENV)/.installed: requirements.txt
+# requirements-extras.txt: optional packages (PyTorch CPU for .pth weights
+# and the parity tests, safetensors, huggingface_hub); the tests need them.
+$(VENV)/.installed: requirements.txt requirements-extras.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements-extras.txt
 	touch $@
 
 venv: $(VENV)/.installed

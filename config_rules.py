@@ -32,6 +32,8 @@ RESUME_CHANGES = {
                      'parameters from now on',
     'augment': 'steps after the checkpoint see other augmented images',
     'freeze': 'steps after the checkpoint train other parameters',
+    'init_from': 'none: it is used at step 0 only',
+    'init_exclude': 'none: it is used at step 0 only',
     'lr_multipliers': 'steps after the checkpoint use the new factors',
     'num_epochs': 'the run now ends at another step',
     'num_train_steps': 'the run now ends at another step',

@@ -141,6 +141,7 @@ def main(argv):
     import optimizers
     import preemption
     import train
+    import warm_start
     import workdir_files
     # pylint: enable=g-import-not-at-top
   faults.trigger('start', 0)
@@ -170,6 +171,7 @@ def main(argv):
   except (config_rules.ConfigError, data_sources.DataError,
           checkpointing.IncompatibleCheckpointError,
           inference.InferenceError, optimizers.OptimizerError,
+          warm_start.WarmStartError,
           workdir_files.WorkdirError, workdir_files.WorkdirBusy) as e:
     cli.fail(str(e))
   except (train.DivergenceError, checkpointing.CheckpointError) as e:

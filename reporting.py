@@ -57,6 +57,8 @@ class Progress:
   runtime: dict = dataclasses.field(
       default_factory=lambda: runtime_facts())  # pylint: disable=unnecessary-lambda
   runtime_changes: list = dataclasses.field(default_factory=list)
+  # Where the first weights came from (warm_start.Source.record), or None.
+  initialized_from: Optional[dict] = None
 
   @classmethod
   def from_meta(cls, meta: Optional[dict],
@@ -68,7 +70,8 @@ class Progress:
     progress = cls(history=meta['history'],
                    train_seconds=meta['elapsed']['train_seconds'],
                    earlier_wall_seconds=meta['elapsed']['wall_seconds'],
-                   runtime_changes=list(meta.get('runtime_changes', [])))
+                   runtime_changes=list(meta.get('runtime_changes', [])),
+                   initialized_from=meta.get('initialized_from'))
     before = meta.get('runtime')  # Older checkpoints did not record it.
     if before is not None and before != progress.runtime:
       changed = {k: [before.get(k), v] for k, v in progress.runtime.items()
@@ -90,7 +93,7 @@ class Progress:
     """The checkpoint's `meta` item: history, signature, config, time and
     runtime."""
     return {'history': self.history, 'signature': signature,
-            'config': config,
+            'config': config, 'initialized_from': self.initialized_from,
             'elapsed': {'train_seconds': self.train_seconds,
                         'wall_seconds': self.wall_seconds},
             'runtime': self.runtime, 'runtime_changes': self.runtime_changes}
@@ -243,6 +246,7 @@ def write_results(workdir: str, dataset, progress: Progress,
       'runtime': {**runtime_facts(),
                   'malloc': runtime.malloc_applied or 'unchanged'},
       'resumed_under_another_runtime': progress.runtime_changes,
+      'initialized_from': progress.initialized_from,
   }
   plotted = data_sources.Subset(dataset.test,
                                 plotted_examples(len(dataset.test)))

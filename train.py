@@ -32,6 +32,7 @@ import preemption
 import reporting
 import runtime
 import steps
+import warm_start
 import workdir_files
 
 
@@ -75,7 +76,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   eval_batch_size = input_pipeline.fit_eval_batch_size(
       config.eval_batch_size, [len(s) for s in dataset.eval_splits().values()],
       jax.device_count())
-  workdir_files.check_writable(workdir)
   logging.info('Data: %s; %d train, %s%d test examples, images %s, %d '
                'classes', dataset.source, len(dataset.train),
                '' if dataset.validation is None else
@@ -92,6 +92,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       total_steps=total_steps, warmup_steps=warmup_steps,
       **steps.optimizer_options(config))
   accum = config.grad_accum_steps
+  fresh = _warm_start(config, workdir, model, tx, dataset)
+  workdir_files.check_writable(workdir)
 
   def signature(state):
     return config_rules.resume_signature(state, config, dataset,
@@ -100,7 +102,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   with _lock(workdir):
     return _train(config, workdir, dataset, model, tx, lr_fn, signature,
-                  steps_per_epoch, total_steps, eval_batch_size)
+                  steps_per_epoch, total_steps, eval_batch_size, fresh)
+
+
+def _warm_start(config, workdir, model, tx, dataset):
+  """The fresh state with config.init_from's weights, and their source;
+  None when the run starts from random weights or resumes (then init_from
+  is not used again). Raises WarmStartError before anything is written."""
+  if not config.init_from:
+    return None
+  if checkpointing.finished_steps(workdir_files.checkpoint_dir(workdir)):
+    logging.info('init_from %r is not used again: the run resumes from its '
+                 'own checkpoints', config.init_from)
+    return None
+  state = steps.create_train_state(model, tx, dataset.train.image_shape,
+                                   config.seed, config.ema_decay > 0)
+  variables, source = warm_start.load(
+      config.init_from, config.model,
+      {'params': state.params, **state.model_state}, config.init_exclude)
+  logging.info('Initialised from %s', source.summary)
+  return warm_start.start_from(state, variables, tx), source
 
 
 def _lock(workdir: str):
@@ -111,7 +132,7 @@ def _lock(workdir: str):
 
 
 def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
-           steps_per_epoch, total_steps, eval_batch_size):
+           steps_per_epoch, total_steps, eval_batch_size, fresh=None):
   """train_and_evaluate once the data is loaded and the workdir is held."""
   is_main = jax.process_index() == 0
   image_shape = list(dataset.train.image_shape)
@@ -119,9 +140,11 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
   checkpoint_dir = workdir_files.checkpoint_dir(workdir)
   state, meta, signature = restore_or_initialize(
       model, tx, image_shape, config.seed, config.ema_decay > 0, signature_fn,
-      checkpoint_dir, mesh)
+      checkpoint_dir, mesh, fresh and fresh[0])
   start_step = int(state.step)
   progress = reporting.Progress.from_meta(meta, start_step)
+  if meta is None and fresh:
+    progress.initialized_from = fresh[1].record()
   if meta is not None:
     logging.info('Resumed from step %d in %s', start_step, checkpoint_dir)
     config_rules.log_config_changes(meta.get('config', {}), config,
@@ -275,7 +298,7 @@ def _best_line(summary: dict) -> str:
 
 def restore_or_initialize(model, tx, image_shape, seed: int, ema: bool,
                           wanted_fn, checkpoint_dir: str,
-                          mesh: distributed.Mesh):
+                          mesh: distributed.Mesh, fresh=None):
   """The newest restorable checkpoint, or a fresh state.
 
   Args:
@@ -284,11 +307,14 @@ def restore_or_initialize(model, tx, image_shape, seed: int, ema: bool,
       (config_rules.resume_signature).
     checkpoint_dir: the run's `checkpoints/` folder.
     mesh: where the state goes.
+    fresh: the state to start from without a checkpoint (warm_start's);
+      None: a random one from `seed`.
 
   Returns:
     (state on the mesh, the checkpoint's meta or None, the signature).
   """
-  state = steps.create_train_state(model, tx, image_shape, seed, ema)
+  state = fresh if fresh is not None else steps.create_train_state(
+      model, tx, image_shape, seed, ema)
   wanted = wanted_fn(state)
   target = jax.tree.map(np.asarray, state)
   restored = checkpointing.restore_latest(checkpoint_dir, target, wanted)

@@ -49,6 +49,13 @@ def get_config():
   # constant, cosine or warmup_cosine (linear warm-up for warmup_epochs).
   config.lr_schedule = 'constant'
   config.warmup_epochs = 0.0
+  # The first weights: '' (random, from seed); a workdir of an earlier run
+  # (its best checkpoint; W:latest, W:STEP) or a checkpoint folder; a
+  # torchvision/timm ResNet state dict (.safetensors, .pth); or
+  # hf-hub:ORG/REPO. init_exclude (a regex; '' = the classifier) leaves
+  # what it matches freshly initialised. Used at step 0 only.
+  config.init_from = ''
+  config.init_exclude = ''
   # Regexes over parameter paths (e.g. 'layer1_0/conv1/kernel'; --verbosity=1
   # lists them in the model table): freeze trains nothing it matches and
   # keeps those BatchNorm layers on their running statistics;

@@ -1,0 +1,147 @@
+"""Tests for warm_start.py: starting a run from an earlier run of ours.
+
+The PyTorch state-dict route is tested in pretrained_test.py.
+"""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import conftest
+from pretrained_test import require
+import train
+import warm_start
+import workdir_files
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return conftest.make_idx_dir(str(tmp_path_factory.mktemp('data')),
+                               num_train=32, num_test=20)
+
+
+@pytest.fixture(scope='module')
+def source_run(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp('source'))
+  train.train_and_evaluate(conftest.tiny_config(data_dir, num_train_steps=8),
+                           workdir)
+  return workdir
+
+
+def _params(workdir, step):
+  path = os.path.join(workdir_files.checkpoint_dir(workdir), str(step))
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  state = checkpointer.restore(path, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore())).state
+  checkpointer.close()
+  return jax.tree.map(np.asarray, state['params'])
+
+
+@pytest.mark.parametrize('exclude,head_copied', [('', False), ('$^', True)])
+def test_zero_steps_from_a_run_starts_from_its_weights(
+    tmp_path, data_dir, source_run, exclude, head_copied):
+  workdir = str(tmp_path / 'w')
+  summary = train.train_and_evaluate(conftest.tiny_config(
+      data_dir, num_train_steps=0, init_from=source_run,
+      init_exclude=exclude, seed=1), workdir)
+  best = workdir_files.read_json(source_run, workdir_files.SUMMARY)[
+      'best_step']
+  before, after = _params(source_run, best), _params(workdir, 0)
+  for name in before:
+    same = all(np.array_equal(before[name][k], after[name][k])
+               for k in before[name])
+    assert same == (name != 'Dense_1' or head_copied), name
+  assert summary['initialized_from']['kind'] == 'run'
+  assert summary['initialized_from']['step'] == best
+  if not head_copied:
+    assert 'left new: Dense_1/' in summary['initialized_from']['summary']
+
+
+def test_resuming_does_not_load_again(tmp_path, data_dir, source_run,
+                                      caplog):
+  workdir = str(tmp_path / 'w')
+  config = conftest.tiny_config(data_dir, num_train_steps=4,
+                                checkpoint_every_steps=2,
+                                init_from=source_run)
+  train.train_and_evaluate(config, workdir)
+  config.num_train_steps = 6
+  with caplog.at_level('INFO'):
+    summary = train.train_and_evaluate(config, workdir)
+  assert any('is not used again' in r.getMessage() for r in caplog.records)
+  assert summary['initialized_from']['path'].startswith(
+      source_run)  # Kept in the checkpoint.
+
+
+@pytest.mark.parametrize('init_from,message', [
+    ('/no/such/run', "init_from '/no/such/run' does not exist; accepted: a "
+                     "training workdir"),
+    ('{source}:77', "init_from '{source}:77': '77' is not best, latest or one "
+                    "of the steps [4, 8]"),
+])
+def test_a_bad_source_is_refused_before_the_workdir_is_made(
+    tmp_path, data_dir, source_run, init_from, message):
+  workdir = str(tmp_path / 'w')
+  with pytest.raises(warm_start.WarmStartError) as e:
+    train.train_and_evaluate(conftest.tiny_config(
+        data_dir, init_from=init_from.format(source=source_run)), workdir)
+  assert str(e.value).startswith(message.format(source=source_run))
+  assert not os.path.exists(workdir)
+
+
+def test_another_model_is_named_with_every_difference(tmp_path, data_dir,
+                                                      source_run):
+  with pytest.raises(warm_start.WarmStartError) as e:
+    train.train_and_evaluate(conftest.tiny_config(
+        data_dir, init_from=source_run, model='mlp'), str(tmp_path / 'w'))
+  message = str(e.value)
+  assert message.startswith('the source does not fit the model: ')
+  assert 'unused: params/Conv_0/bias' in message
+  assert 'wrong shape: ' in message and '\n' not in message
+  assert 'params/Dense_0/kernel [3136, 256] (model [784, 512])' in message
+
+
+def test_a_head_of_other_classes_is_left_new():
+  zeros = lambda *shape: np.zeros(shape, np.float32)
+  template = {'params': {'Conv_0': {'kernel': zeros(3, 3, 1, 4)},
+                         'Dense_0': {'kernel': zeros(4, 5)}}}
+  loaded = {'params': {'Conv_0': {'kernel': np.ones((3, 3, 1, 4))},
+                       'Dense_0': {'kernel': np.ones((4, 10))}}}
+  variables, left_new = warm_start.fit_run_variables(loaded, template, '',
+                                                     r'^Dense_0/')
+  assert float(variables['params']['Conv_0']['kernel'].sum()) == 36
+  assert float(variables['params']['Dense_0']['kernel'].sum()) == 0
+  assert left_new == ["Dense_0/kernel (init_exclude '^Dense_0/')"]
+
+
+@pytest.mark.slow  # A ResNet-18 compiled twice: about a minute here.
+def test_torch_weights_through_a_run_with_a_frozen_backbone(tmp_path,
+                                                            data_dir):
+  # The whole route: a torchvision-named state dict -> a 10-class grayscale
+  # run whose backbone is frozen: after training only the head moved.
+  torch = require('torch')
+  safetensors_torch = require('safetensors.torch')
+  torch_reference = require('torch_reference')
+  torch.manual_seed(0)
+  reference = torch_reference.create_resnet('resnet18')
+  path = str(tmp_path / 'resnet18.safetensors')
+  safetensors_torch.save_file(reference.state_dict(), path)
+  workdir = str(tmp_path / 'w')
+  summary = train.train_and_evaluate(conftest.tiny_config(
+      data_dir, model='resnet18', init_from=path, num_train_steps=2,
+      freeze='^(?!Dense_0)', eval_batch_size=20), workdir)
+  source = summary['initialized_from']
+  assert source['kind'] == 'state_dict' and len(source['sha256']) == 64
+  assert 'left new: Dense_0' in source['summary']
+  params = _params(workdir, 2)
+  stem = reference.state_dict()['conv1.weight'].numpy().sum(1)  # Gray.
+  np.testing.assert_allclose(params['Conv_0']['kernel'],
+                             stem.transpose(1, 2, 0)[:, :, None, :],
+                             rtol=1e-6)
+  start = {k: v.numpy() for k, v in reference.state_dict().items()}
+  np.testing.assert_array_equal(  # Frozen, bitwise.
+      params['BasicBlock_7']['Conv_1']['kernel'],
+      start['layer4.1.conv2.weight'].transpose(2, 3, 1, 0))
+  assert summary['test_loss'] > 0
