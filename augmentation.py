@@ -16,6 +16,11 @@ import numpy as np
 # its reciprocal, which rounds differently for some values).
 _UINT8_TO_FLOAT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
+# Named per-channel (mean, std) of pixels in [0, 1] for config.normalize;
+# imagenet is torchvision's, which its and most timm weights expect.
+NORMALIZATIONS = {'none': None,
+                  'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+
 # Pixels of zero padding around each side before a random crop.
 CROP_PADDING = 4
 
@@ -25,6 +30,56 @@ def to_float(images: jax.Array) -> jax.Array:
   if images.dtype != jnp.uint8:
     return images
   return jnp.asarray(_UINT8_TO_FLOAT)[images]
+
+
+def parse_normalize(text: str, channels: int = 0):
+  """config.normalize -> (mean, std) tuples of `channels` values, or None.
+
+  'none', a name of NORMALIZATIONS, or 'M1,M2,M3/S1,S2,S3' (one value each
+  for all channels, or one per channel). Three values for a grayscale
+  image become their averages. channels 0: not checked against images yet.
+  Raises ValueError naming the text and what is accepted.
+  """
+  accepted = (f'accepted: {", ".join(NORMALIZATIONS)}, or MEAN/STD with one '
+              f'value or one per channel each, e.g. 0.5/0.25 or '
+              f'0.485,0.456,0.406/0.229,0.224,0.225')
+  if text in NORMALIZATIONS:
+    values = NORMALIZATIONS[text]
+  else:
+    mean, sep, std = text.partition('/')
+    try:
+      values = tuple(tuple(float(v) for v in part.split(','))
+                     for part in (mean, std))
+    except ValueError:
+      values = None
+    if not sep or values is None or len(values[0]) != len(values[1]) or (
+        len(values[0]) not in (1, 3)) or not all(
+            s > 0 and s < float('inf') for s in values[1]) or not all(
+                abs(m) < float('inf') for m in values[0]):
+      raise ValueError(f'normalize {text!r} is not usable; {accepted}')
+  if values is None:
+    return None
+  mean, std = values
+  if channels and len(mean) not in (1, channels):
+    if channels != 1:
+      raise ValueError(f'normalize {text!r} gives {len(mean)} values for '
+                       f'{channels}-channel images; {accepted}')
+    mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+  if channels and len(mean) == 1:
+    mean, std = mean * channels, std * channels
+  return tuple(mean), tuple(std)
+
+
+def normalized_apply(apply_fn, mean, std):
+  """`apply_fn` (a Flax model's apply) on (images - mean) / std: the
+  normalization every train, eval and predict step then shares."""
+  mean = np.asarray(mean, np.float32)
+  scale = np.float32(1.0) / np.asarray(std, np.float32)
+
+  def apply(variables, images, *args, **kwargs):
+    return apply_fn(variables, (images - mean) * scale, *args, **kwargs)
+
+  return apply
 
 
 def _random_crop(images, key):

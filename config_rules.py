@@ -90,11 +90,19 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
   if config.data_on_device and process_count > 1:
     raise ConfigError(f'data_on_device works in one process; this run has '
                       f'{process_count} (each would hold the whole set)')
+  try:
+    augmentation.parse_normalize(config.normalize)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if config.warmup_epochs and config.lr_schedule != 'warmup_cosine':
     raise ConfigError(f'warmup_epochs {config.warmup_epochs} needs '
                       f'lr_schedule warmup_cosine (got {config.lr_schedule!r})'
                       f'; accepted: warmup_epochs 0, or lr_schedule '
                       f'warmup_cosine')
+  if config.data_on_device and config.data_loading == 'stream':
+    raise ConfigError("data_on_device needs the training set in memory, and "
+                      "data_loading 'stream' reads it from files; accepted: "
+                      "data_loading memory or auto, or data_on_device false")
   if config.eval_with_ema and not config.ema_decay:
     raise ConfigError('eval_with_ema needs ema_decay > 0 (0 keeps no EMA)')
   if config.num_train_steps < -1:
@@ -186,6 +194,7 @@ def resume_signature(state, config, dataset, total_updates: int,
       image_shape=list(dataset.train.image_shape),
       num_classes=dataset.num_classes, optimizer=config.optimizer,
       lr_schedule=config.lr_schedule, schedule_steps=schedule_steps,
+      normalize=config.normalize,
       batch_size=config.batch_size, grad_accum_steps=config.grad_accum_steps,
       seed=config.seed, data=data_sources.fingerprint(dataset))
 

@@ -67,7 +67,7 @@ def restore(workdir: str, config: ml_collections.ConfigDict, step: int,
   tx, _ = steps.create_optimizer_and_schedule(
       total_steps=1, warmup_steps=0, **steps.optimizer_options(config))
   state = steps.create_train_state(model, tx, image_shape, config.seed,
-                                   config.ema_decay > 0)
+                                   config.ema_decay > 0, config.normalize)
   wanted = checkpointing.signature(
       state, model=config.model, image_shape=image_shape,
       num_classes=info['num_classes'])

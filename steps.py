@@ -98,10 +98,14 @@ def compute_steps(num_train_examples: int, batch_size: int, num_epochs: int,
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       image_shape, seed: int, ema: bool = False
-                       ) -> TrainState:
-  """Initialises variables and optimizer state, deterministically in seed."""
-  init = state_initializer(model, tx, image_shape, ema)
+                       image_shape, seed: int, ema: bool = False,
+                       normalize: str = 'none') -> TrainState:
+  """Initialises variables and optimizer state, deterministically in seed.
+
+  `normalize` (config.normalize, see augmentation.parse_normalize) goes
+  into the state's apply_fn, so that every step normalizes alike.
+  """
+  init = state_initializer(model, tx, image_shape, ema, normalize)
   # One compiled program instead of dozens of op-by-op dispatches (each
   # compiled on first use).
   key = jax.random.PRNGKey(seed)
@@ -110,17 +114,20 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
 
 
 def state_initializer(model: nn.Module, tx: optax.GradientTransformation,
-                      image_shape, ema: bool = False):
+                      image_shape, ema: bool = False, normalize: str = 'none'):
   """The function of a PRNG key that create_train_state compiles."""
   dummy = jnp.ones((1,) + tuple(image_shape))
   collection = create_metrics(model.num_classes)
+  stats = augmentation.parse_normalize(normalize, image_shape[-1])
+  apply_fn = model.apply if stats is None else augmentation.normalized_apply(
+      model.apply, *stats)
 
   def init(seed_key):
     init_rng, rng = jax.random.split(seed_key)
     variables = dict(model.init({'params': init_rng}, dummy))
     params = variables.pop('params')
     state = TrainState.create(
-        apply_fn=model.apply, params=params, tx=tx, model_state=variables,
+        apply_fn=apply_fn, params=params, tx=tx, model_state=variables,
         # A copy: the state is donated, and one buffer cannot be donated
         # twice.
         ema_variables=jax.tree.map(jnp.copy, {'params': params, **variables})

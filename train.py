@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+import augmentation
 import checkpointing
 import config_rules
 import data_sources
@@ -116,11 +117,23 @@ def _warm_start(config, workdir, model, tx, dataset):
                  'own checkpoints', config.init_from)
     return None
   state = steps.create_train_state(model, tx, dataset.train.image_shape,
-                                   config.seed, config.ema_decay > 0)
+                                   config.seed, config.ema_decay > 0,
+                                   config.normalize)
   variables, source = warm_start.load(
       config.init_from, config.model,
       {'params': state.params, **state.model_state}, config.init_exclude)
   logging.info('Initialised from %s', source.summary)
+  cfg = source.pretrained_cfg
+  if source.kind != 'run' and config.normalize == 'none':
+    wanted = ('imagenet' if not cfg.get('mean') or (
+        tuple(cfg['mean']), tuple(cfg['std'])) ==
+              augmentation.NORMALIZATIONS['imagenet'] else
+              f'{",".join(map(str, cfg["mean"]))}/'
+              f'{",".join(map(str, cfg["std"]))}')
+    logging.warning('These weights were trained on normalized pixels%s; '
+                    'this run feeds them [0, 1] (normalize=none): add '
+                    '--config.normalize=%s', f' ({cfg})' if cfg else '',
+                    wanted)
   return warm_start.start_from(state, variables, tx), source
 
 
@@ -140,7 +153,7 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
   checkpoint_dir = workdir_files.checkpoint_dir(workdir)
   state, meta, signature = restore_or_initialize(
       model, tx, image_shape, config.seed, config.ema_decay > 0, signature_fn,
-      checkpoint_dir, mesh, fresh and fresh[0])
+      checkpoint_dir, mesh, fresh and fresh[0], config.normalize)
   start_step = int(state.step)
   progress = reporting.Progress.from_meta(meta, start_step)
   if meta is None and fresh:
@@ -298,11 +311,13 @@ def _best_line(summary: dict) -> str:
 
 def restore_or_initialize(model, tx, image_shape, seed: int, ema: bool,
                           wanted_fn, checkpoint_dir: str,
-                          mesh: distributed.Mesh, fresh=None):
+                          mesh: distributed.Mesh, fresh=None,
+                          normalize: str = 'none'):
   """The newest restorable checkpoint, or a fresh state.
 
   Args:
-    model, tx, image_shape, seed, ema: as steps.create_train_state.
+    model, tx, image_shape, seed, ema, normalize: as
+      steps.create_train_state.
     wanted_fn: state -> the config's signature
       (config_rules.resume_signature).
     checkpoint_dir: the run's `checkpoints/` folder.
@@ -314,7 +329,7 @@ def restore_or_initialize(model, tx, image_shape, seed: int, ema: bool,
     (state on the mesh, the checkpoint's meta or None, the signature).
   """
   state = fresh if fresh is not None else steps.create_train_state(
-      model, tx, image_shape, seed, ema)
+      model, tx, image_shape, seed, ema, normalize)
   wanted = wanted_fn(state)
   target = jax.tree.map(np.asarray, state)
   restored = checkpointing.restore_latest(checkpoint_dir, target, wanted)

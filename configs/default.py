@@ -56,6 +56,10 @@ def get_config():
   # what it matches freshly initialised. Used at step 0 only.
   config.init_from = ''
   config.init_exclude = ''
+  # Pixels go to the model in [0, 1] (none), or minus a mean and over a std
+  # per channel: imagenet (torchvision's values, which its weights and most
+  # timm weights expect) or 'M1,M2,M3/S1,S2,S3'.
+  config.normalize = 'none'
   # Regexes over parameter paths (e.g. 'layer1_0/conv1/kernel'; --verbosity=1
   # lists them in the model table): freeze trains nothing it matches and
   # keeps those BatchNorm layers on their running statistics;

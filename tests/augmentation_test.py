@@ -57,3 +57,32 @@ def test_flip_mirrors_some_images_left_right():
   kept = [np.array_equal(f, np.asarray(i)) for f, i in zip(flipped, x)]
   assert all(m or k for m, k in zip(mirrored, kept))
   assert any(mirrored) and any(kept)
+
+
+@pytest.mark.parametrize('text,channels,expected', [
+    ('none', 3, None),
+    ('imagenet', 3, ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
+    ('imagenet', 1, ((0.449,), (0.226,))),
+    ('0.5/0.25', 3, ((0.5,) * 3, (0.25,) * 3)),
+    ('0.1,0.2,0.3/1,2,4', 3, ((0.1, 0.2, 0.3), (1.0, 2.0, 4.0))),
+])
+def test_normalize_values(text, channels, expected):
+  result = augmentation.parse_normalize(text, channels)
+  if expected is None:
+    assert result is None
+  else:
+    np.testing.assert_allclose(result, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize('text', ['imagenett', '0.5', '0.5/0', '1,2/3',
+                                  '1,2/3,4', 'a/b', '0.5/inf'])
+def test_bad_normalize_is_named(text):
+  with pytest.raises(ValueError, match=f'normalize {text!r} is not usable; '
+                                       'accepted: none, imagenet'):
+    augmentation.parse_normalize(text)
+
+
+def test_normalized_apply_feeds_the_model_normalized_pixels():
+  apply = augmentation.normalized_apply(lambda v, x: x, (0.5,), (0.25,))
+  np.testing.assert_allclose(apply({}, jnp.array([0.0, 0.5, 1.0])),
+                             [-2.0, 0.0, 2.0])

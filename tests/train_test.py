@@ -203,7 +203,7 @@ def test_a_resume_refused_by_the_input_route_touches_nothing(tmp_path):
   train.train_and_evaluate(config, workdir)
   before = conftest.snapshot(workdir)
   config.update(num_train_steps=4, data_on_device=True, data_loading='stream')
-  with pytest.raises(data_sources.DataError,
+  with pytest.raises(ValueError,  # config_rules.ConfigError, now first.
                      match='data_on_device needs the training set in memory'):
     train.train_and_evaluate(config, workdir)
   assert conftest.snapshot(workdir) == before
@@ -358,3 +358,17 @@ def test_zero_steps_evaluates_and_saves_the_initial_state(tmp_path):
   assert report['checkpoint_step'] == 0
   assert report['accuracy'] == summary['test_accuracy']
   assert train.train_and_evaluate(config, workdir) is None  # Finished.
+
+
+def test_normalize_is_applied_alike_in_training_and_eval(tmp_path):
+  data = conftest.make_idx_dir(str(tmp_path / 'data'), num_train=32,
+                               num_test=20)
+  summaries = {}
+  for normalize in ('none', '0.5/0.25'):
+    workdir = str(tmp_path / normalize.replace('/', '_'))
+    summaries[normalize] = train.train_and_evaluate(conftest.tiny_config(
+        data, num_train_steps=4, normalize=normalize), workdir)
+  report = inference.evaluate_checkpoint(workdir_files.load_config(workdir),
+                                         workdir, 'latest')
+  assert report['loss'] == summaries['0.5/0.25']['test_loss']
+  assert summaries['none']['test_loss'] != summaries['0.5/0.25']['test_loss']
