@@ -8,6 +8,7 @@ what the difference means (docs/configuration.md has both as tables).
 """
 
 import math
+import re
 
 from absl import logging
 import ml_collections
@@ -90,6 +91,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
   if config.data_on_device and process_count > 1:
     raise ConfigError(f'data_on_device works in one process; this run has '
                       f'{process_count} (each would hold the whole set)')
+  try:
+    re.compile(config.init_exclude)
+  except re.error as e:
+    raise ConfigError(f'init_exclude {config.init_exclude!r} is not a regular '
+                      f'expression ({e}); accepted: a Python regex') from None
   try:
     augmentation.parse_normalize(config.normalize)
   except ValueError as e:

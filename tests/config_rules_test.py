@@ -120,3 +120,16 @@ def test_keys_the_source_or_optimizer_does_not_use_are_warned(caplog,
   with caplog.at_level(std_logging.WARNING):
     config_rules.warn_unused(default.get_config())
   assert not caplog.records
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('init_exclude', '(fc', "init_exclude '(fc' is not a regular expression"),
+    ('normalize', 'imagenett', "normalize 'imagenett' is not usable"),
+    ('freeze', 'layer1', "freeze 'layer1' matches no parameter of the model"),
+    ('lr_multipliers', 'Dense=x', "lr_multipliers item 'Dense=x' is not"),
+])
+def test_fine_tuning_keys_are_checked(key, value, message):
+  config = default.get_config()
+  config[key] = value
+  with pytest.raises(config_rules.ConfigError, match=re.escape(message)):
+    config_rules.validate_config(config, device_count=1)
