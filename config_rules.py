@@ -47,6 +47,9 @@ RESUME_CHANGES = {
     'data_on_device': 'none: the same batches, gathered on the device or '
                       'the host',
     'skip_bad_images': 'the same examples (checked): no file was left out',
+    'test_fraction': 'the same examples (checked): the folder has a test '
+                     'split of its own',
+    'split_seed': 'the same examples (checked): no hold-out is drawn',
 }
 
 _POSITIVE = ('learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',

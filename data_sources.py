@@ -3,8 +3,9 @@
 Three sources, one output format, chosen by `source_kind(data_dir)`:
   * a folder holding the four MNIST-format IDX files (raw or `.gz`), read
     directly with `read_idx`, for machines without network;
-  * an image folder, `data_dir/{train,test[,validation]}/<class>/<image>`
-    (image_folder.py lists, checks and decodes it);
+  * an image folder, `data_dir/{train,test[,validation]}/<class>/<image>`,
+    or a flat one, `data_dir/<class>/<image>` (image_folder.py lists, checks,
+    splits and decodes it);
   * any tensorflow-datasets image-classification set with `image` and
     `label` features and `train`/`test` splits.
 
@@ -22,7 +23,6 @@ import gzip
 import os
 import socket
 import struct
-import time
 import zlib
 from typing import Any, Optional, Sequence
 
@@ -59,6 +59,11 @@ MEMORY_BUDGET_BYTES = 4 << 30
 LOADINGS = ('auto', 'memory', 'stream')
 # Examples read per call when a tfds set is loaded whole.
 _LOAD_CHUNK = 8192
+# What data_dir may be; every error about an unusable data_dir names them.
+LAYOUTS = ('DATA/train/<class>/<image> with DATA/test/<class>/<image>; '
+           'DATA/<class>/<image> (test_fraction of each class is the test '
+           'set); the four MNIST-format IDX files; or a tfds data_dir '
+           'holding the prepared set')
 
 
 class DataError(ValueError):
@@ -247,15 +252,25 @@ def load_idx_split(data_dir: str, split: str) -> Split:
 
 
 def source_kind(data_dir: str) -> str:
-  """Which source `data_dir` is: 'idx', 'folder' (an image folder) or 'tfds'
-  (tfds's default folder when empty, else its data_dir); the one place that
-  decides."""
+  """Which source `data_dir` is: 'idx', 'folder' (train/ and test/), 'flat'
+  (a flat class folder) or 'tfds' (tfds's default folder when empty, else
+  its data_dir); the one place that decides."""
   if data_dir and os.path.isdir(data_dir):
     if is_idx_dir(data_dir):
       return 'idx'
-    if image_folder.is_image_folder(data_dir):
-      return 'folder'
+    try:
+      layout = image_folder.folder_layout(data_dir)
+    except image_folder.BadImagesError as e:  # An unreadable folder.
+      raise DataError(str(e)) from e
+    if layout:
+      return 'flat' if layout == 'flat' else 'folder'
   return 'tfds'
+
+
+def _no_layout(data_dir: str, why: str) -> DataError:
+  return DataError(f'data_dir {data_dir} is none of the accepted layouts '
+                   f'({image_folder.layout_hint(data_dir)}; {why}); '
+                   f'accepted: {LAYOUTS}')
 
 
 def _tfds_builder(name: str, data_dir: Optional[str]):
@@ -263,10 +278,13 @@ def _tfds_builder(name: str, data_dir: Optional[str]):
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
+    if data_dir:
+      raise _no_layout(data_dir, f'no IDX files; dataset {name!r} is not a '
+                       f'tensorflow-datasets name') from e
     raise DataError(
         f'unknown dataset {name!r}: not a tensorflow-datasets name (try '
-        f'mnist, fashion_mnist, kmnist, cifar10), or point data_dir at a '
-        f'folder of MNIST-format IDX files') from e
+        f'mnist, fashion_mnist, kmnist, cifar10), or set --config.data_dir; '
+        f'accepted: {LAYOUTS}') from e
 
 
 def _network_reachable(host: str, port: int = 443, timeout: float = 5.0):
@@ -277,15 +295,22 @@ def _network_reachable(host: str, port: int = 443, timeout: float = 5.0):
     return False
 
 
-def _prepare(builder, name: str):
-  """Downloads and prepares a tfds set if it is not prepared yet."""
+def _prepare(builder, name: str, data_dir: Optional[str]):
+  """Downloads and prepares a tfds set if it is not prepared yet; only into
+  tfds's default folder (data_dir None): a given data_dir must hold it."""
   if builder.is_prepared():
     return
-  # tfds would otherwise retry downloads for minutes on an offline machine.
   # Under tfds.testing.mock_data (the Flax examples' test pattern)
   # download_and_prepare is a stand-in that downloads nothing.
   mocked = type(builder).download_and_prepare.__module__.startswith(
       'tensorflow_datasets.testing')
+  if data_dir and not mocked:
+    # Most often a folder of the user's own data in a layout not accepted:
+    # saying so helps more than a download into it.
+    raise _no_layout(data_dir, f'no IDX files; tfds set {name!r} is not '
+                     f'prepared in it: `tfds build {name} --data_dir=DIR` '
+                     f'prepares it')
+  # tfds would otherwise retry downloads for minutes on an offline machine.
   if not mocked and not _network_reachable('storage.googleapis.com'):
     raise DataError(
         f'dataset {name!r} is not prepared in {builder.data_dir} and the '
@@ -306,13 +331,13 @@ def _prepared_builder(name: str, data_dir: Optional[str],
   """
   if processes.count == 1:
     builder = _tfds_builder(name, data_dir)
-    _prepare(builder, name)
+    _prepare(builder, name, data_dir)
     return builder
   builder, error = None, None
   if processes.index == 0:
     try:
       builder = _tfds_builder(name, data_dir)
-      _prepare(builder, name)
+      _prepare(builder, name, data_dir)
     except Exception as e:  # pylint: disable=broad-except
       # Any failure, not only the expected kind, is told to the others, who
       # would otherwise wait for it until the heartbeat timeout.
@@ -406,73 +431,90 @@ def _tfds_dataset(builder, name, splits, how) -> Dataset:
                  source=f'tfds:{name} ({builder.data_dir}, {how})')
 
 
-def load_image_folder(data_dir: str, image_size: int, channels: int,
-                      skip_bad_images: bool, loading: str,
-                      processes: image_folder.Processes = image_folder.Processes()
-                      ) -> Dataset:
-  """An image folder (see image_folder.py), in memory if it fits."""
+def load_image_folder(
+    data_dir: str, *, image_size: int, channels: int, skip_bad_images: bool,
+    loading: str, test_fraction: float, split_seed: int,
+    processes: image_folder.Processes = image_folder.Processes()) -> Dataset:
+  """An image folder, split or flat (see image_folder.py), in memory if it
+  fits."""
   try:
-    folders, class_names = image_folder.scan(data_dir, image_size, channels,
-                                             skip_bad_images, processes)
+    folders, class_names = image_folder.scan(
+        data_dir, image_size, channels, skip_bad_images, test_fraction,
+        split_seed, processes)
   except image_folder.BadImagesError as e:
     raise DataError(str(e)) from e
   total = sum(len(s) for s in folders.values())
   shape = folders['train'].image_shape
   if loading == 'memory' or (loading == 'auto' and _fits_memory(total, shape)):
-    start = time.time()
+    progress = image_folder.Progress(
+        f'Decoding images under {data_dir} into memory as {shape} '
+        f'({total * int(np.prod(shape)) / 2**20:.1f} MiB)', total)
     try:
-      splits = {k: Split(image_folder.decode_all(s), s.labels, origin=s)
-                for k, s in folders.items()}
+      splits = {k: Split(image_folder.decode_all(s, progress), s.labels,
+                         origin=s) for k, s in folders.items()}
     except image_folder.BadImagesError as e:
       raise DataError(str(e)) from e
-    how = f'decoded into memory in {time.time() - start:.1f} s'
+    how = f'decoded into memory in {progress.finish():.1f} s'
   else:
     splits, how = folders, 'decoded per batch'
+  if source_kind(data_dir) == 'flat':
+    source = (f'flat folder:{data_dir} (test: {test_fraction:g} of each '
+              f'class, drawn by split_seed {split_seed}; {how})')
+  else:
+    source = f'folder:{data_dir} ({how})'
   return Dataset(train=splits['train'], test=splits['test'],
                  validation=splits.get('validation'),
                  num_classes=len(class_names), class_names=class_names,
-                 source=f'folder:{data_dir} ({how})')
+                 source=source)
 
 
 def load_dataset(name: str, data_dir: str = '', *, image_size: int = 0,
                  channels: int = 0, skip_bad_images: bool = False,
                  loading: str = 'auto', validation_fraction: float = 0.0,
-                 seed: int = 0,
+                 test_fraction: float = 0.2, split_seed: int = 0,
                  processes: image_folder.Processes = image_folder.Processes()
                  ) -> Dataset:
   """Loads a dataset by the rules of the data keys of the config.
 
-  Every process of a run calls it.
+  Every process of a run calls it, and gets the same examples in the same
+  order on every run.
 
   Args:
-    name: a tfds name; also picks class names for IDX folders.
+    name: a tfds name; also picks class names for IDX folders; unused for
+      image folders.
     data_dir: '' for tfds's default folder; a folder of MNIST-format IDX
-      files, read directly; an image folder (train/<class>/<image>, ...);
-      any other existing folder is tfds's data_dir (source_kind).
-    image_size: image folders: resize to this square size (0: the size of
-      the first training image).
+      files, read directly; an image folder (train/<class>/<image>, ...) or a
+      flat one (<class>/<image>); any other existing folder is tfds's
+      data_dir, which must hold the prepared set (source_kind).
+    image_size: image folders: resize to this square size (0: the size most
+      images have).
     channels: image folders: 1 or 3 (0: from the first training image).
     skip_bad_images: image folders: leave unreadable files out.
     loading: auto, memory or stream (see load_tfds; IDX: always memory).
     validation_fraction: hold out this fraction of the training examples as
-      the validation split (chosen by `seed`); 0 for none.
-    seed: picks the held-out examples.
-    processes: the processes of the run: an image folder's files are opened
+      the validation split (drawn by `split_seed`); 0 for none.
+    test_fraction: flat image folders: the share of each class held out as
+      the test split (drawn by `split_seed`); unused by the other sources.
+    split_seed: draws the held-out examples, apart from the training seed,
+      so runs of different seeds are compared on the same examples.
+    processes: the processes of the run: an image folder's files are decoded
       by all of them, each its share; a tfds set is prepared by process 0.
 
   Returns:
     The splits; `validation` is None without a validation split.
   """
   if data_dir and not os.path.isdir(data_dir):
-    raise DataError(f'data_dir {data_dir!r} does not exist; give a folder of '
-                    f'MNIST-format IDX files, an image folder (train/<class>/'
-                    f'<image>, test/<class>/<image>) or a tfds data_dir')
+    raise DataError(f'data_dir {data_dir!r} does not exist; accepted: '
+                    f'{LAYOUTS}')
   kind = source_kind(data_dir)
   if kind == 'idx':
     dataset = load_idx(name, data_dir)
-  elif kind == 'folder':
-    dataset = load_image_folder(data_dir, image_size, channels,
-                                skip_bad_images, loading, processes)
+  elif kind in ('folder', 'flat'):
+    dataset = load_image_folder(
+        data_dir, image_size=image_size, channels=channels,
+        skip_bad_images=skip_bad_images, loading=loading,
+        test_fraction=test_fraction, split_seed=split_seed,
+        processes=processes)
   else:
     dataset = load_tfds(name, data_dir or None, loading, processes)
   if validation_fraction:
@@ -481,7 +523,7 @@ def load_dataset(name: str, data_dir: str = '', *, image_size: int = 0,
                       f'set validation_fraction to 0 to use it (got '
                       f'{validation_fraction})')
     train, validation = carve_validation(dataset.train, validation_fraction,
-                                         seed)
+                                         split_seed)
     dataset = dataclasses.replace(dataset, train=train,
                                   validation=validation)
   return dataset
@@ -495,7 +537,8 @@ def dataset_options(config) -> dict:
               skip_bad_images=config.skip_bad_images,
               loading=config.data_loading,
               validation_fraction=config.validation_fraction,
-              seed=config.seed)
+              test_fraction=config.test_fraction,
+              split_seed=config.split_seed)
 
 
 def load_idx(name: str, data_dir: str) -> Dataset:
@@ -519,7 +562,8 @@ def load_idx(name: str, data_dir: str) -> Dataset:
 
 
 def carve_validation(split, fraction: float, seed: int):
-  """(train, validation): a held-out `fraction` of `split`, picked by `seed`.
+  """(train, validation): a held-out `fraction` of `split`, picked by `seed`
+  (the config's split_seed).
 
   Disjoint, together all of `split`, each in the original order; the same
   for the same (seed, size). An in-memory split stays in memory (copied).

@@ -200,7 +200,9 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
     workdir_files.write_json(os.path.join(workdir, workdir_files.CONFIG),
                              config.to_dict())
     workdir_files.write_json(os.path.join(workdir, workdir_files.DATASET), {
-        'dataset': config.dataset, 'source': dataset.source,
+        # An image folder's classes come from its folders, not a name.
+        'dataset': None if data_sources.source_kind(config.data_dir) in (
+            'folder', 'flat') else config.dataset, 'source': dataset.source,
         'image_shape': image_shape, 'num_classes': dataset.num_classes,
         'class_names': list(dataset.class_names)})
   writer = event_files.SummaryWriter(workdir if is_main else None)

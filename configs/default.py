@@ -10,10 +10,12 @@ def get_config():
   # MNIST-format IDX files is read directly, any other folder is tfds's.
   config.dataset = 'mnist'
   config.data_dir = ''
-  # An image folder (data_dir/{train,test[,validation]}/<class>/<image>) is
-  # resized to image_size x image_size (0: the first image's size) and made
-  # grayscale or RGB by channels (1, 3; 0: as the first image). Unreadable
-  # files stop the run before training unless skip_bad_images leaves them out.
+  # An image folder (data_dir/{train,test[,validation]}/<class>/<image>, or
+  # data_dir/<class>/<image> with a test hold-out, see test_fraction) is
+  # resized to image_size x image_size (0: the size most images share) and
+  # made grayscale or RGB by channels (1, 3; 0: as the first image).
+  # Unreadable files stop the run before training unless skip_bad_images
+  # leaves them out.
   config.image_size = 0
   config.channels = 0
   config.skip_bad_images = False

@@ -82,13 +82,60 @@ def test_load_idx_dir_shapes_and_range(tmp_path, gz):
 def test_tfds_offline_fails_fast_with_offline_route(monkeypatch, tmp_path):
   monkeypatch.setattr(data_sources, '_network_reachable',
                       lambda *a, **k: False)
+  # As for tfds's default folder (data_dir ''), where a set is downloaded.
+  builder = data_sources._tfds_builder('mnist', str(tmp_path))
   with pytest.raises(data_sources.DataError, match='Offline route'):
-    data_sources.load_dataset('mnist', str(tmp_path))
+    data_sources._prepare(builder, 'mnist', None)
 
 
-def test_unknown_tfds_name_is_refused(tmp_path):
+def test_unknown_tfds_name_is_refused():
   with pytest.raises(data_sources.DataError, match="unknown dataset 'nope'"):
-    data_sources.load_dataset('nope', str(tmp_path))
+    data_sources.load_dataset('nope')
+
+
+def _assert_names_the_layouts(message):
+  assert '\n' not in message
+  for layout in ('DATA/train/<class>/<image> with DATA/test/<class>/<image>',
+                 'DATA/<class>/<image>', 'MNIST-format IDX files',
+                 'a tfds data_dir'):
+    assert layout in message, layout
+
+
+@pytest.mark.parametrize('name', ['mnist', 'nope'])
+@pytest.mark.parametrize('content,found', [
+    ({}, 'it holds no folders'),
+    ({'a.jpg': b'x'}, 'its images are not in class folders'),
+    ({'cat/1.png': b'x', 'notes/a.txt': b'x'},
+     'its folders notes hold no image files'),
+])
+def test_a_folder_of_no_layout_names_the_accepted_ones(tmp_path, monkeypatch,
+                                                       name, content, found):
+  # The layouts, not the network, are what is wrong with such a folder.
+  monkeypatch.setattr(data_sources, '_network_reachable',
+                      lambda *a, **k: False)
+  for path, data in content.items():
+    os.makedirs(os.path.dirname(tmp_path / path), exist_ok=True)
+    (tmp_path / path).write_bytes(data)
+  assert data_sources.source_kind(str(tmp_path)) == 'tfds'
+  with pytest.raises(data_sources.DataError) as e:
+    data_sources.load_dataset(name, str(tmp_path))
+  message = str(e.value)
+  assert message.startswith(f'data_dir {tmp_path} is none of the accepted '
+                            f'layouts ({found}; no IDX files; ')
+  _assert_names_the_layouts(message)
+
+
+def test_a_missing_data_dir_names_the_accepted_layouts(tmp_path):
+  with pytest.raises(data_sources.DataError) as e:
+    data_sources.load_dataset('mnist', str(tmp_path / 'nope'))
+  _assert_names_the_layouts(str(e.value))
+
+
+def test_dataset_options_pass_the_hold_out_keys(idx_dir):
+  config = conftest.tiny_config(idx_dir, test_fraction=0.3, split_seed=7)
+  options = data_sources.dataset_options(config)
+  assert (options['test_fraction'], options['split_seed']) == (0.3, 7)
+  assert 'seed' not in options  # The training seed picks no examples.
 
 
 def test_validation_is_carved_disjoint_and_by_seed():

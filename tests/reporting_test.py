@@ -116,12 +116,14 @@ def test_the_model_is_one_line_unless_verbose(caplog):
   assert 'model=resnet18' in lines[1] and len(lines) == 2
   caplog.clear()
   verbosity = logging.get_verbosity()
+  level = std_logging.getLogger('absl').level
   logging.set_verbosity(1)
   try:
     with caplog.at_level(std_logging.INFO):
       reporting.log_model(model, 'cnn', (28, 28, 1))
   finally:
     logging.set_verbosity(verbosity)
+    std_logging.getLogger('absl').setLevel(level)  # As other tests expect.
   lines = [r.getMessage() for r in caplog.records]
   assert lines[0] == 'Model cnn: 824,458 parameters (3.3 MB as float32)'
   assert 'Dense_0' in lines[1] and len(lines) == 2  # The table; no CNN note.

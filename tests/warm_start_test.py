@@ -68,7 +68,7 @@ def test_resuming_does_not_load_again(tmp_path, data_dir, source_run,
                                 init_from=source_run)
   train.train_and_evaluate(config, workdir)
   config.num_train_steps = 6
-  with caplog.at_level('INFO'):
+  with caplog.at_level('INFO', logger='absl'):
     summary = train.train_and_evaluate(config, workdir)
   assert any('is not used again' in r.getMessage() for r in caplog.records)
   assert summary['initialized_from']['path'].startswith(
