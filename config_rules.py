@@ -16,6 +16,7 @@ import ml_collections
 import augmentation
 import checkpointing
 import data_sources
+import image_folder
 import models
 import optimizers
 
@@ -108,6 +109,12 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
                       f'lr_schedule warmup_cosine (got {config.lr_schedule!r})'
                       f'; accepted: warmup_epochs 0, or lr_schedule '
                       f'warmup_cosine')
+  if not 0 < config.eval_crop_pct <= 1:
+    raise ConfigError(f'eval_crop_pct must be in (0, 1], got '
+                      f'{config.eval_crop_pct!r}')
+  if config.interpolation not in image_folder.INTERPOLATIONS:
+    raise ConfigError(f'unknown interpolation {config.interpolation!r}; '
+                      f'accepted: {", ".join(image_folder.INTERPOLATIONS)}')
   if config.data_on_device and config.data_loading == 'stream':
     raise ConfigError("data_on_device needs the training set in memory, and "
                       "data_loading 'stream' reads it from files; accepted: "
@@ -162,8 +169,9 @@ def warn_unused(config: ml_collections.ConfigDict):
   does not use (a run that would silently differ from what was asked)."""
   kind = data_sources.source_kind(config.data_dir)
   if kind not in ('folder', 'flat'):
-    for key in ('image_size', 'channels'):
-      if config[key]:
+    for key, unset in (('image_size', 0), ('channels', 0),
+                       ('eval_crop_pct', 1.0), ('interpolation', 'bilinear')):
+      if config[key] != unset:
         logging.warning('%s=%r is not used: it applies to image folders, '
                         'and %s data keeps its own image shape', key,
                         config[key], kind)
@@ -203,7 +211,8 @@ def resume_signature(state, config, dataset, total_updates: int,
       image_shape=list(dataset.train.image_shape),
       num_classes=dataset.num_classes, optimizer=config.optimizer,
       lr_schedule=config.lr_schedule, schedule_steps=schedule_steps,
-      normalize=config.normalize,
+      normalize=config.normalize, eval_crop_pct=config.eval_crop_pct,
+      interpolation=config.interpolation,
       batch_size=config.batch_size, grad_accum_steps=config.grad_accum_steps,
       seed=config.seed, data=data_sources.fingerprint(dataset))
 

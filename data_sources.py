@@ -434,13 +434,14 @@ def _tfds_dataset(builder, name, splits, how) -> Dataset:
 def load_image_folder(
     data_dir: str, *, image_size: int, channels: int, skip_bad_images: bool,
     loading: str, test_fraction: float, split_seed: int,
-    processes: image_folder.Processes = image_folder.Processes()) -> Dataset:
+    processes: image_folder.Processes = image_folder.Processes(),
+    crop_pct: float = 1.0, interpolation: str = 'bilinear') -> Dataset:
   """An image folder, split or flat (see image_folder.py), in memory if it
   fits."""
   try:
     folders, class_names = image_folder.scan(
         data_dir, image_size, channels, skip_bad_images, test_fraction,
-        split_seed, processes)
+        split_seed, processes, crop_pct, interpolation)
   except image_folder.BadImagesError as e:
     raise DataError(str(e)) from e
   total = sum(len(s) for s in folders.values())
@@ -472,7 +473,8 @@ def load_dataset(name: str, data_dir: str = '', *, image_size: int = 0,
                  channels: int = 0, skip_bad_images: bool = False,
                  loading: str = 'auto', validation_fraction: float = 0.0,
                  test_fraction: float = 0.2, split_seed: int = 0,
-                 processes: image_folder.Processes = image_folder.Processes()
+                 processes: image_folder.Processes = image_folder.Processes(),
+                 crop_pct: float = 1.0, interpolation: str = 'bilinear'
                  ) -> Dataset:
   """Loads a dataset by the rules of the data keys of the config.
 
@@ -497,6 +499,8 @@ def load_dataset(name: str, data_dir: str = '', *, image_size: int = 0,
       the test split (drawn by `split_seed`); unused by the other sources.
     split_seed: draws the held-out examples, apart from the training seed,
       so runs of different seeds are compared on the same examples.
+    crop_pct, interpolation: image folders: how images are resized
+      (image_folder.decode_image).
     processes: the processes of the run: an image folder's files are decoded
       by all of them, each its share; a tfds set is prepared by process 0.
 
@@ -514,7 +518,7 @@ def load_dataset(name: str, data_dir: str = '', *, image_size: int = 0,
         data_dir, image_size=image_size, channels=channels,
         skip_bad_images=skip_bad_images, loading=loading,
         test_fraction=test_fraction, split_seed=split_seed,
-        processes=processes)
+        processes=processes, crop_pct=crop_pct, interpolation=interpolation)
   else:
     dataset = load_tfds(name, data_dir or None, loading, processes)
   if validation_fraction:
@@ -538,7 +542,8 @@ def dataset_options(config) -> dict:
               loading=config.data_loading,
               validation_fraction=config.validation_fraction,
               test_fraction=config.test_fraction,
-              split_seed=config.split_seed)
+              split_seed=config.split_seed, crop_pct=config.eval_crop_pct,
+              interpolation=config.interpolation)
 
 
 def load_idx(name: str, data_dir: str) -> Dataset:

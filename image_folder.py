@@ -36,6 +36,8 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
                     '.tiff', '.ppm', '.pgm')
 # Largest image decoded; PIL's own guard stops at about 179 MP.
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+# config.interpolation -> PIL's resampling filter.
+INTERPOLATIONS = {'bilinear': 'BILINEAR', 'bicubic': 'BICUBIC'}
 # The size image_size=0 picks must have both sides of at least MIN_SIDE
 # pixels and at most MAX_ASPECT:1 between them; others are no training size.
 MIN_SIDE = 8
@@ -180,13 +182,17 @@ def _open_checked(path: str):
   return image
 
 
-def decode_image(path: str, height: int, width: int,
-                 channels: int) -> np.ndarray:
+def decode_image(path: str, height: int, width: int, channels: int,
+                 crop_pct: float = 1.0,
+                 interpolation: str = 'bilinear') -> np.ndarray:
   """An image file -> uint8 (height, width, channels).
 
   Any format PIL reads (GIF: first frame). 16- and 32-bit grey images are
   scaled to 8 bits (not clipped), transparency is dropped, colour and size
-  converted.
+  converted. crop_pct 1 resizes the whole image to (height, width); below 1
+  resizes its shorter side to int(min(height, width) / crop_pct), keeping
+  the aspect ratio, and takes the centre crop (torchvision's eval
+  transforms: Resize then CenterCrop, the same rounding).
 
   Raises:
     ValueError (or a PIL/OS error): the file is empty, not an image, damaged
@@ -200,10 +206,27 @@ def decode_image(path: str, height: int, width: int,
                  if array.max() <= t)
       image = Image.fromarray(np.uint8(np.round(array / top * 255)))
     image = image.convert('L' if channels == 1 else 'RGB')
-    if image.size != (width, height):
-      image = image.resize((width, height), Image.BILINEAR)
+    resample = getattr(Image, INTERPOLATIONS[interpolation])
+    if crop_pct < 1:
+      image = _resize_shorter_side(image, int(min(height, width) / crop_pct),
+                                   resample)
+      top = int(round((image.height - height) / 2.0))
+      left = int(round((image.width - width) / 2.0))
+      image = image.crop((left, top, left + width, top + height))
+    elif image.size != (width, height):
+      image = image.resize((width, height), resample)
     array = np.asarray(image, np.uint8)
   return array[..., None] if channels == 1 else array
+
+
+def _resize_shorter_side(image, size: int, resample):
+  """`image` with its shorter side `size`, the other int(size * ratio)."""
+  width, height = image.size
+  if width <= height:
+    new = (size, int(size * height / width))
+  else:
+    new = (int(size * width / height), size)
+  return image if new == image.size else image.resize(new, resample)
 
 
 def _check(path: str):
@@ -245,6 +268,8 @@ class FolderSplit:
   labels: np.ndarray  # int32, (N,).
   image_shape: tuple[int, int, int]
   root: str  # For the checksum: paths relative to it.
+  crop_pct: float = 1.0  # decode_image's.
+  interpolation: str = 'bilinear'
 
   def __len__(self):
     return len(self.labels)
@@ -255,7 +280,8 @@ class FolderSplit:
     for i, index in enumerate(indices):
       path = os.fsdecode(self.paths[index])
       try:
-        images[i] = decode_image(path, height, width, channels)
+        images[i] = decode_image(path, height, width, channels,
+                                 self.crop_pct, self.interpolation)
       except Exception as e:  # pylint: disable=broad-except
         # The scan decoded this file before training; only a change on disk
         # since gets here.
@@ -351,7 +377,8 @@ class Processes:
 
 def scan(data_dir: str, image_size: int = 0, channels: int = 0,
          skip_bad_images: bool = False, test_fraction: float = 0.2,
-         split_seed: int = 0, processes: Processes = Processes()
+         split_seed: int = 0, processes: Processes = Processes(),
+         crop_pct: float = 1.0, interpolation: str = 'bilinear'
          ) -> tuple[dict[str, FolderSplit], list[str]]:
   """Lists and decodes every image under data_dir, then forms the splits.
 
@@ -369,6 +396,7 @@ def scan(data_dir: str, image_size: int = 0, channels: int = 0,
     split_seed: a flat folder: draws the test split.
     processes: with several, each decodes a share of the files; every one of
       them must call `scan` on the same folder.
+    crop_pct, interpolation: how each image is resized (decode_image).
 
   Returns:
     ({split name: FolderSplit}, class names).
@@ -417,11 +445,12 @@ def scan(data_dir: str, image_size: int = 0, channels: int = 0,
         paths, labels, class_names, test_fraction, split_seed, data_dir)):
       splits[split] = ([paths[i] for i in indices], labels[indices],
                        kept_shapes[indices])
-  shape = _image_shape(splits, image_size, channels)
+  shape = _image_shape(splits, image_size, channels, crop_pct)
   # One bytes array, not a list of str objects: ~60 bytes a file instead of
   # ~150, for sets of millions of files.
   return {split: FolderSplit(paths=np.array([os.fsencode(p) for p in paths]),
-                             labels=labels, image_shape=shape, root=data_dir)
+                             labels=labels, image_shape=shape, root=data_dir,
+                             crop_pct=crop_pct, interpolation=interpolation)
           for split, (paths, labels, _) in splits.items()}, class_names
 
 
@@ -452,7 +481,8 @@ def _carve_test(paths: list[str], labels: np.ndarray, names: Sequence[str],
   return np.setdiff1d(np.arange(len(paths)), test), test
 
 
-def _image_shape(splits: dict, image_size: int, channels: int):
+def _image_shape(splits: dict, image_size: int, channels: int,
+                 crop_pct: float = 1.0):
   """(height, width, channels) of every decoded image; logs what resizing
   does to images of other shapes."""
   shapes = np.concatenate([s for _, _, s in splits.values()])
@@ -463,7 +493,7 @@ def _image_shape(splits: dict, image_size: int, channels: int):
     height, width = _choose_size(shapes, paths)
   squashed = np.count_nonzero(shapes[:, 0] * width != shapes[:, 1] * height)
   gcd = math.gcd(width, height)
-  if squashed:
+  if squashed and crop_pct == 1:  # Below 1, each is centre-cropped.
     logging.warning(
         '%d of %d images are not %s; each is resized to %dx%d (width x '
         'height) without keeping its aspect ratio: squashed, not cropped or '

@@ -161,7 +161,8 @@ def format_report(report: dict) -> str:
   return '\n'.join(lines)
 
 
-def load_image(path: str, image_shape: Sequence[int]) -> np.ndarray:
+def load_image(path: str, image_shape: Sequence[int], crop_pct: float = 1.0,
+               interpolation: str = 'bilinear') -> np.ndarray:
   """An image file -> uint8 (H, W, C), converted as training data from an
   image folder is (image_folder.decode_image); the predict step scales it
   to [0, 1] as the train and eval steps do.
@@ -170,7 +171,8 @@ def load_image(path: str, image_shape: Sequence[int]) -> np.ndarray:
     ValueError: the file is empty, not an image, or over
       image_folder.MAX_IMAGE_PIXELS.
   """
-  return image_folder.decode_image(path, *image_shape)
+  return image_folder.decode_image(path, *image_shape, crop_pct,
+                                   interpolation)
 
 
 def predict_files(config: ml_collections.ConfigDict, workdir: str,
@@ -184,7 +186,8 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
   images, results, failed, ok_paths = [], {}, [], []
   for path in paths:
     try:
-      images.append(load_image(path, info['image_shape']))
+      images.append(load_image(path, info['image_shape'],
+                               config.eval_crop_pct, config.interpolation))
       ok_paths.append(path)
     except Exception as e:  # pylint: disable=broad-except
       # PIL raises many types for unreadable or non-image files.

@@ -18,6 +18,12 @@ def get_config():
   # leaves them out.
   config.image_size = 0
   config.channels = 0
+  # Image folders and predict: 1 resizes each whole image; below 1 (0.875 is
+  # what torchvision's weights expect) resizes its shorter side to
+  # image_size / eval_crop_pct and takes the centre crop. interpolation:
+  # bilinear or bicubic.
+  config.eval_crop_pct = 1.0
+  config.interpolation = 'bilinear'
   config.skip_bad_images = False
   # auto (in memory up to 4 GiB of images, else read by random access from
   # files), memory or stream.

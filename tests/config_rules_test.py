@@ -133,3 +133,16 @@ def test_fine_tuning_keys_are_checked(key, value, message):
   config[key] = value
   with pytest.raises(config_rules.ConfigError, match=re.escape(message)):
     config_rules.validate_config(config, device_count=1)
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('eval_crop_pct', 0.0, 'eval_crop_pct must be in (0, 1], got 0.0'),
+    ('eval_crop_pct', 1.5, 'eval_crop_pct must be in (0, 1], got 1.5'),
+    ('interpolation', 'nearest',
+     "unknown interpolation 'nearest'; accepted: bilinear, bicubic"),
+])
+def test_eval_crop_keys_are_checked(key, value, message):
+  config = default.get_config()
+  config[key] = value
+  with pytest.raises(config_rules.ConfigError, match=re.escape(message)):
+    config_rules.validate_config(config, device_count=1)

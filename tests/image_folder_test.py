@@ -345,3 +345,19 @@ def test_processes_carve_a_flat_folder_alike(tmp_path):
 def test_test_fraction_is_unused_for_train_and_test_folders(folder):
   dataset = data_sources.load_dataset('custom', folder, test_fraction=0.0)
   assert len(dataset.test) == 9 and dataset.source.startswith('folder:')
+
+
+def test_a_crop_pct_below_1_resizes_the_shorter_side_and_centre_crops(
+    tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  pixels = np.zeros((30, 40, 3), np.uint8)
+  pixels[:, :, 0] = np.arange(40, dtype=np.uint8)[None] * 6  # A ramp in x.
+  path = str(tmp_path / 'wide.png')
+  Image.fromarray(pixels).save(path)
+  image = Image.open(path).resize((20, 15), Image.BILINEAR)  # Short side 15.
+  expected = np.asarray(image)[1:13, 4:16]  # Offsets round((15-12)/2), 4.
+  got = image_folder.decode_image(path, 12, 12, 3, crop_pct=0.8)
+  np.testing.assert_array_equal(got, expected)
+  whole = image_folder.decode_image(path, 12, 12, 3)
+  np.testing.assert_array_equal(
+      whole, np.asarray(Image.open(path).resize((12, 12), Image.BILINEAR)))

@@ -12,6 +12,7 @@ import pytest
 
 import conftest
 from pretrained_test import require
+import inference
 import train
 import warm_start
 import workdir_files
@@ -145,3 +146,52 @@ def test_torch_weights_through_a_run_with_a_frozen_backbone(tmp_path,
       params['BasicBlock_7']['Conv_1']['kernel'],
       start['layer4.1.conv2.weight'].transpose(2, 3, 1, 0))
   assert summary['test_loss'] > 0
+
+
+@pytest.mark.slow  # A ResNet-18 at 224 px: about a minute here.
+def test_predict_gives_pytorchs_probabilities_on_a_photo(tmp_path):
+  # torchvision weights of a 3-class ResNet-18, zero steps, then our
+  # --mode=predict on a 500x375 PNG with normalize=imagenet and
+  # eval_crop_pct=0.875, against PyTorch with torchvision's eval transforms
+  # done by PIL (shorter side to int(224 / 0.875), centre crop, bilinear).
+  torch = require('torch')
+  safetensors_torch = require('safetensors.torch')
+  torch_reference = require('torch_reference')
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  reference = torch_reference.create_resnet('resnet18', num_classes=3)
+  torch_reference.randomize_batchnorm(reference, torch.randn(4, 3, 64, 64))
+  weights = str(tmp_path / 'resnet18.safetensors')
+  safetensors_torch.save_file(reference.state_dict(), weights)
+  folder = conftest.make_image_folder(str(tmp_path / 'images'), num_train=2,
+                                      num_test=1, size=(224, 224))
+  workdir = str(tmp_path / 'w')
+  train.train_and_evaluate(conftest.tiny_config(
+      folder, model='resnet18', init_from=weights, init_exclude='$^',
+      num_train_steps=0, normalize='imagenet', eval_crop_pct=0.875,
+      batch_size=2, eval_batch_size=3), workdir)
+  rng = np.random.default_rng(1)
+  photo = str(tmp_path / 'photo.png')
+  pixels = rng.integers(0, 256, (375, 500, 3)).astype(np.uint8)
+  pixels[100:250, 150:350] = [200, 40, 40]
+  Image.fromarray(pixels).save(photo)
+  lines, failed = inference.predict_files(workdir_files.load_config(workdir),
+                                          workdir, [photo], top_k=3)
+  assert not failed
+  ours = dict(item.rsplit(' ', 1) for item in
+              lines[0].split(': ', 1)[1].split(', '))
+  image = Image.open(photo).convert('RGB')
+  image = image.resize((int(256 * 500 / 375), 256), Image.BILINEAR)
+  top, left = int(round((256 - 224) / 2)), int(round((image.width - 224) / 2))
+  image = np.asarray(image.crop((left, top, left + 224, top + 224)),
+                     np.float32) / 255
+  image = (image - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+  with torch.no_grad():
+    probabilities = torch.softmax(reference(torch.tensor(
+        image.transpose(2, 0, 1)[None], dtype=torch.float32)), -1)[0].numpy()
+  names = ['cat', 'dog', 'fox']
+  assert max(ours, key=lambda n: float(ours[n])) == names[
+      int(probabilities.argmax())]
+  for i, name in enumerate(names):
+    assert abs(float(ours[name]) - probabilities[i]) < 1e-2, (ours,
+                                                              probabilities)
