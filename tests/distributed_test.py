@@ -169,7 +169,7 @@ def test_checkpoint_restores_on_another_device_count(tmp_path, data_dir,
   resumed = run(workdir, data_dir, devices=after)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'Resumed from step' in resumed.stderr
-  assert f'on {after} cpu devices' in resumed.stderr
+  assert f'on {after} cpu device' in resumed.stderr
   assert_close_runs(workdir, reference)
 
 
