@@ -7,6 +7,9 @@ of (images, key) with key = fold_in(rng, step), so a resumed step sees the
 same augmented batch and no host work is added.
 """
 
+import inspect
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,15 +107,73 @@ def _crop_flip(images, key):
   return _random_flip(_random_crop(images, crop_key), flip_key)
 
 
-# Every accepted `config.augment`: name -> (float images, key) -> images.
+def _random_resized_crop_flip(images, key, scale=(0.08, 1.0),
+                              ratio=(3 / 4, 4 / 3)):
+  """A random box of each image resized back to the image's size, then a
+  random mirror: the crop of Inception training and timm's
+  RandomResizedCrop. The box covers a share of the area drawn uniformly
+  from `scale`, with a width:height drawn log-uniformly from `ratio`;
+  where it would not fit it is clipped to the image (timm retries ten
+  draws first; clipping keeps one draw per image, so the same key gives
+  the same boxes on any device count). Bilinear, antialiased resizing
+  (jax.image.scale_and_translate), on the device.
+  """
+  n, height, width, _ = images.shape
+  area_key, ratio_key, x_key, y_key, flip_key = jax.random.split(key, 5)
+  area = jax.random.uniform(area_key, (n,), minval=scale[0], maxval=scale[1])
+  log_ratio = jax.random.uniform(ratio_key, (n,), minval=np.log(ratio[0]),
+                                 maxval=np.log(ratio[1]))
+  box_w = jnp.clip(jnp.sqrt(area * jnp.exp(log_ratio)) * width, 1, width)
+  box_h = jnp.clip(jnp.sqrt(area / jnp.exp(log_ratio)) * height, 1, height)
+  x0 = jax.random.uniform(x_key, (n,)) * (width - box_w)
+  y0 = jax.random.uniform(y_key, (n,)) * (height - box_h)
+
+  def crop(image, x, y, w, h):
+    factors = jnp.stack([height / h, width / w])
+    return jax.image.scale_and_translate(
+        image, image.shape, (0, 1), factors,
+        -jnp.stack([y, x]) * factors, method='linear', antialias=True)
+
+  return _random_flip(jax.vmap(crop)(images, x0, y0, box_w, box_h), flip_key)
+
+
+# Every accepted `config.augment`: name -> (float images, key, **options of
+# config.augment_kwargs) -> images.
 AUGMENTATIONS = {
     'none': lambda images, key: images,
     'crop': _random_crop,      # Pad by CROP_PADDING, crop back at random.
     'crop_flip': _crop_flip,   # And mirror half the images left-right.
+    'rrc': _random_resized_crop_flip,  # A random box resized; and mirror.
 }
 
 
-def augment(images: jax.Array, key: jax.Array, kind: str) -> jax.Array:
-  """Applies AUGMENTATIONS[kind]; the same (images, key) give the same
-  result on any number of devices (the draws cover the global batch)."""
-  return AUGMENTATIONS[kind](images, key)
+def augment_options(kind: str) -> set[str]:
+  """The augment_kwargs keys augmentation `kind` takes."""
+  parameters = inspect.signature(AUGMENTATIONS[kind]).parameters
+  return set(list(parameters)[2:])
+
+
+def check_options(kind: str, options: dict):
+  """ValueError naming a key of augment_kwargs `kind` does not take, or a
+  range that is not (low, high) with 0 < low <= high."""
+  accepted = augment_options(kind)
+  for key, value in options.items():
+    if key not in accepted:
+      names = ', '.join(f'augment_kwargs.{k}' for k in sorted(accepted))
+      raise ValueError(f"unknown config key 'augment_kwargs.{key}' for "
+                       f"augment {kind}; accepted: {names or 'none'}")
+    if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, (int, float)) for v in value) and
+            0 < value[0] <= value[1] < float('inf')) or (
+                key == 'scale' and value[1] > 1):
+      raise ValueError(f'augment_kwargs.{key} must be LOW,HIGH with 0 < LOW '
+                       f'<= HIGH{" <= 1" if key == "scale" else ""}, got '
+                       f'{value!r}')
+
+
+def augment(images: jax.Array, key: jax.Array, kind: str,
+            options: Optional[dict] = None) -> jax.Array:
+  """Applies AUGMENTATIONS[kind] with `options` (config.augment_kwargs);
+  the same (images, key) give the same result on any number of devices
+  (the draws cover the global batch)."""
+  return AUGMENTATIONS[kind](images, key, **(options or {}))

@@ -33,6 +33,7 @@ RESUME_CHANGES = {
     'eval_with_ema': 'evaluation and the best checkpoint use the other '
                      'parameters from now on',
     'augment': 'steps after the checkpoint see other augmented images',
+    'augment_kwargs': 'steps after the checkpoint see other augmented images',
     'freeze': 'steps after the checkpoint train other parameters',
     'init_from': 'none: it is used at step 0 only',
     'init_exclude': 'none: it is used at step 0 only',
@@ -137,6 +138,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
     optimizers.check_settings(config.optimizer, config.momentum,
                               config.weight_decay)
   except optimizers.OptimizerError as e:
+    raise ConfigError(str(e)) from None
+  try:
+    augmentation.check_options(config.augment,
+                               config.augment_kwargs.to_dict())
+  except ValueError as e:
     raise ConfigError(str(e)) from None
   kwargs = config.model_kwargs.to_dict()
   accepted = models.model_options(config.model)

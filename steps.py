@@ -13,7 +13,7 @@ these from here.
 import contextlib
 import functools
 import re
-from typing import Any
+from typing import Any, Optional
 
 from clu import metrics
 import flax
@@ -177,7 +177,8 @@ def _frozen_norms(freeze: str):
 
 def train_step(state: TrainState, images, labels, *,
                label_smoothing: float = 0.0, ema_decay: float = 0.0,
-               augment: str = 'none', freeze: str = '') -> TrainState:
+               augment: str = 'none', freeze: str = '',
+               augment_kwargs: Optional[dict] = None) -> TrainState:
   """One optimizer step; loss and metrics come from the same forward pass.
 
   Dropout and augmentation draw from fold_in(rng, step), so a resumed step
@@ -188,7 +189,7 @@ def train_step(state: TrainState, images, labels, *,
   dropout_rng, augment_rng = jax.random.split(
       jax.random.fold_in(state.rng, state.step))
   images = augmentation.augment(augmentation.to_float(images), augment_rng,
-                                augment)
+                                augment, augment_kwargs)
   mutable = list(state.model_state)
 
   def loss_fn(params):
@@ -270,7 +271,8 @@ def eval_and_predict_step(state: TrainState, images, labels, mask, *,
 
 def jit_steps(mesh: distributed.Mesh, *, label_smoothing: float = 0.0,
               ema_decay: float = 0.0, use_ema: bool = False,
-              augment: str = 'none', freeze: str = ''):
+              augment: str = 'none', freeze: str = '',
+              augment_kwargs: Optional[dict] = None):
   """The jitted (train_step, eval_step) every caller uses.
 
   The state is donated to the train step. Outputs are pinned replicated, so
@@ -279,7 +281,8 @@ def jit_steps(mesh: distributed.Mesh, *, label_smoothing: float = 0.0,
   return (jax.jit(functools.partial(train_step,
                                     label_smoothing=label_smoothing,
                                     ema_decay=ema_decay, augment=augment,
-                                    freeze=freeze),
+                                    freeze=freeze,
+                                    augment_kwargs=augment_kwargs),
                   donate_argnums=0, out_shardings=mesh.replicated),
           jax.jit(functools.partial(eval_step, use_ema=use_ema),
                   out_shardings=mesh.replicated))

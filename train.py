@@ -212,7 +212,8 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
   train_step, eval_step = steps.jit_steps(
       mesh, label_smoothing=config.label_smoothing,
       ema_decay=config.ema_decay, use_ema=config.eval_with_ema,
-      augment=config.augment, freeze=config.freeze)
+      augment=config.augment, freeze=config.freeze,
+      augment_kwargs=config.augment_kwargs.to_dict())
   report_progress = reporting.ReportProgress(total_steps, writer)
   logging.info('Training steps %d..%d (%d per epoch, batch %d on %d %s '
                'device%s); compiling the step first (seconds; tens of '

@@ -83,8 +83,13 @@ def get_config():
   config.ema_decay = 0.0
   config.eval_with_ema = False
   # On-device training augmentation: none, crop (pad 4 and crop back at
-  # random) or crop_flip (and mirror half the images; not for digits).
+  # random), crop_flip (and mirror half the images; not for digits) or rrc
+  # (a random box of each image resized back, and the mirror: fine-tuning).
   config.augment = 'none'
+  # The augmentation's options: rrc takes scale (share of the area, default
+  # 0.08,1) and ratio (width:height, default 0.75,1.333), e.g.
+  # --config.augment_kwargs.scale=0.25,1.
+  config.augment_kwargs = ml_collections.ConfigDict()
   config.batch_size = 32
   config.eval_batch_size = 1000
   config.num_epochs = 10

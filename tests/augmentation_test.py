@@ -86,3 +86,58 @@ def test_normalized_apply_feeds_the_model_normalized_pixels():
   apply = augmentation.normalized_apply(lambda v, x: x, (0.5,), (0.25,))
   np.testing.assert_allclose(apply({}, jnp.array([0.0, 0.5, 1.0])),
                              [-2.0, 0.0, 2.0])
+
+
+def _photo_batch():
+  rng = np.random.default_rng(0)
+  return jnp.asarray(rng.random((4, 16, 16, 3), dtype=np.float32))
+
+
+def test_rrc_is_a_function_of_the_key():
+  images = _photo_batch()
+  a = augmentation.augment(images, jax.random.PRNGKey(1), 'rrc')
+  b = augmentation.augment(images, jax.random.PRNGKey(1), 'rrc')
+  c = augmentation.augment(images, jax.random.PRNGKey(2), 'rrc')
+  assert a.shape == images.shape
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_rrc_of_the_whole_image_is_the_image_or_its_mirror():
+  images = _photo_batch()
+  out = augmentation.augment(images, jax.random.PRNGKey(3), 'rrc',
+                             {'scale': (1.0, 1.0), 'ratio': (1.0, 1.0)})
+  for got, image in zip(np.asarray(out), np.asarray(images)):
+    assert (np.allclose(got, image, atol=1e-5) or
+            np.allclose(got, image[:, ::-1], atol=1e-5))
+
+
+def test_rrc_of_a_quarter_magnifies_a_corner():
+  # A box of a quarter of the area, square: a quadrant (or a box between
+  # quadrants) magnified twice; each output row varies half as fast.
+  image = jnp.tile(jnp.arange(16, dtype=jnp.float32)[None, :, None],
+                   (16, 1, 1))[None]
+  out = np.asarray(augmentation.augment(
+      image, jax.random.PRNGKey(0), 'rrc',
+      {'scale': (0.25, 0.25), 'ratio': (1.0, 1.0)}))[0, 8, :, 0]
+  span = abs(out[-2] - out[1])
+  assert 6 < span < 7.5  # 8 source pixels over the row, less the edges.
+
+
+@pytest.mark.parametrize('options,message', [
+    ({'area': (0.1, 1)}, "unknown config key 'augment_kwargs.area' for "
+                         "augment rrc; accepted: augment_kwargs.ratio, "
+                         "augment_kwargs.scale"),
+    ({'scale': (0.5, 2)}, 'augment_kwargs.scale must be LOW,HIGH with 0 < '
+                          'LOW <= HIGH <= 1, got (0.5, 2)'),
+    ({'ratio': (2, 1)}, 'augment_kwargs.ratio must be LOW,HIGH'),
+])
+def test_bad_rrc_options_are_named(options, message):
+  with pytest.raises(ValueError) as e:
+    augmentation.check_options('rrc', options)
+  assert str(e.value).startswith(message)
+
+
+def test_crop_takes_no_options():
+  with pytest.raises(ValueError, match="accepted: none"):
+    augmentation.check_options('crop', {'scale': (0.5, 1)})

@@ -326,9 +326,12 @@ def test_image_folder_streamed_and_resumed_equals_in_memory(tmp_path,
                                                             monkeypatch):
   folder = conftest.make_image_folder(str(tmp_path / 'images'),
                                       num_train=16, num_test=4)
-  # 48 images, 6 steps per epoch at batch 8; 12 steps.
+  # 48 images, 6 steps per epoch at batch 8; 12 steps; random-resized crops
+  # drawn on the device, resumed bitwise too.
   config = functools.partial(conftest.tiny_config, folder, dataset='custom',
-                             num_train_steps=12, eval_batch_size=8)
+                             num_train_steps=12, eval_batch_size=8,
+                             augment='rrc',
+                             augment_kwargs={'scale': (0.3, 1.0)})
   memory, streamed = str(tmp_path / 'memory'), str(tmp_path / 'streamed')
   train.train_and_evaluate(config(data_loading='memory'), memory)
   monkeypatch.setenv('TRAINER_FAULT', 'term:step:4')
