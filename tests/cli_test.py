@@ -75,7 +75,7 @@ def test_kwargs_overrides_reach_a_locked_config():
      "accepted: a float"),
     ({'modle_kwargs.stem': 'small'},
      "error: unknown config key 'modle_kwargs' (in --config.modle_kwargs."
-     "stem); the accepted *_kwargs keys are: model_kwargs"),
+     "stem); the accepted *_kwargs keys are: augment_kwargs, model_kwargs"),
 ])
 def test_bad_kwargs_overrides_are_one_line(capsys, overrides, expected):
   with pytest.raises(SystemExit) as e:
