@@ -28,6 +28,7 @@ import augmentation
 import distributed
 import faults
 import input_pipeline
+import models
 import optimizers
 
 # For programs that run once (the state's initialisation): LLVM's level-1
@@ -211,6 +212,9 @@ def train_step(state: TrainState, images, labels, *,
                                new_state.step, ema_decay)
   # Model state too: BatchNorm statistics can blow up while the loss of the
   # batch (computed with the batch's own statistics) stays finite.
+  if freeze:  # Frozen gradients are never used: XLA then skips them.
+    grads = [g for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
+             if not re.search(freeze, models.parameter_path(path))]
   finite = (jnp.isfinite(losses.mean()) & all_finite(grads) &
             all_finite(new_state.params) & all_finite(model_state))
   nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite,

@@ -9,6 +9,7 @@
   .venv/bin/python bench/benchmark.py --mode=input       # input routes
   .venv/bin/python bench/benchmark.py --mode=memory      # peak RSS
   .venv/bin/python bench/benchmark.py --mode=resnet50    # ResNet-50 (GPU)
+  .venv/bin/python bench/benchmark.py --mode=transfer    # fine-tuning
 
 This file is the one entry point and defines the flags; each mode lives in
 the file MODES names, which says what it measures (common.py and windows.py
@@ -38,6 +39,7 @@ import memory
 import resnet50
 import throughput
 import time_to_accuracy
+import transfer
 import windows
 import xla_flags
 
@@ -52,6 +54,7 @@ MODES = {
     'malloc': malloc.compare_malloc_settings,
     'resnet50': resnet50.measure_resnet50,
     'end_to_end': end_to_end.measure_end_to_end,
+    'transfer': transfer.measure_transfer,
 }
 # The modes that the modes above run in fresh processes.
 CHILD_MODES = {
@@ -82,7 +85,8 @@ def create_parser() -> argparse.ArgumentParser:
   parser.add_argument('--epochs', type=int, default=10)
   parser.add_argument('--config', default='configs/fast.py')
   parser.add_argument('--json', help='also write the table here')
-  parser.add_argument('--out', help='throughput, resnet50, end_to_end: '
+  parser.add_argument('--out', help='throughput, resnet50, end_to_end, '
+                      'transfer: '
                       'write the table as OUT.md (and OUT.json)')
   parser.add_argument('--folder_images', type=int, default=10000)
   parser.add_argument('--loading', default='stream')

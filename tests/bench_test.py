@@ -7,6 +7,7 @@ import ast
 import os
 import sys
 
+import numpy as np
 import pytest
 
 import conftest
@@ -16,6 +17,7 @@ sys.path.insert(0, BENCH)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import benchmark
 import throughput
+import transfer
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # bench/ files that are no mode of benchmark.py.
@@ -86,3 +88,26 @@ def test_summary_lines_give_ratios_and_seconds_only():
       'best trainer (trainer b128) / best torch (torch b32): 2.00x',
       'trainer b32 / reference b32: 3.00x',
       'trainer process start to first step: 4.3 s']
+
+
+def test_transfer_tasks_pick_relabel_and_repeat(tmp_path):
+  labels = np.array([5, 0, 7, 5, 9, 5, 7, 0], np.uint8)
+  images = np.arange(8, dtype=np.uint8)[:, None, None] * np.ones(
+      (1, 2, 3), np.uint8)
+  picked, relabelled = transfer.select_classes(images, labels, (5, 7),
+                                               per_class=2)
+  # The first two of each class in file order, relabelled 5 -> 0, 7 -> 1.
+  np.testing.assert_array_equal(picked[:, 0, 0], [0, 2, 3, 6])
+  np.testing.assert_array_equal(relabelled, [0, 1, 0, 1])
+  with pytest.raises(ValueError, match='fewer than 3'):
+    transfer.select_classes(images, labels, (7,), per_class=3)
+  assert transfer.repeats(50, 3200) == 64
+  assert transfer.repeats(250, 3200) == 13
+  assert transfer.repeats(5000, 3200) == 1
+  import data_sources  # pylint: disable=g-import-not-at-top
+  folder = transfer.write_idx_folder(str(tmp_path), (picked, relabelled),
+                                     (images[:3], labels[:3] % 2))
+  data = data_sources.load_idx('custom', folder)
+  np.testing.assert_array_equal(data.train.images[..., 0], picked)
+  np.testing.assert_array_equal(data.train.labels, relabelled)
+  assert data.num_classes == 2 and len(data.test) == 3
