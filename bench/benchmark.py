@@ -34,6 +34,7 @@ import contenders
 import dtype
 import end_to_end
 import input_routes
+import jpeg_input
 import malloc
 import memory
 import resnet50
@@ -55,6 +56,7 @@ MODES = {
     'resnet50': resnet50.measure_resnet50,
     'end_to_end': end_to_end.measure_end_to_end,
     'transfer': transfer.measure_transfer,
+    'jpeg_input': jpeg_input.compare_jpeg_input,
 }
 # The modes that the modes above run in fresh processes.
 CHILD_MODES = {
