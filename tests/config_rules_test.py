@@ -35,6 +35,15 @@ from configs import default
     ('image_size', -1, 'image_size must be >= 0, got -1'),
     ('data_loading', 'disk', "unknown data_loading 'disk'; accepted: auto, "
                              "memory, stream"),
+    # Fine-tuning and preprocessing keys.
+    ('init_exclude', '(fc', "init_exclude '(fc' is not a regular expression"),
+    ('normalize', 'imagenett', "normalize 'imagenett' is not usable"),
+    ('freeze', 'layer1', "freeze 'layer1' matches no parameter of the model"),
+    ('lr_multipliers', 'Dense=x', "lr_multipliers item 'Dense=x' is not"),
+    ('eval_crop_pct', 0.0, 'eval_crop_pct must be in (0, 1], got 0.0'),
+    ('eval_crop_pct', 1.5, 'eval_crop_pct must be in (0, 1], got 1.5'),
+    ('interpolation', 'nearest',
+     "unknown interpolation 'nearest'; accepted: bilinear, bicubic"),
 ])
 def test_bad_value_is_named(key, value, match):
   config = default.get_config()
@@ -120,29 +129,3 @@ def test_keys_the_source_or_optimizer_does_not_use_are_warned(caplog,
   with caplog.at_level(std_logging.WARNING):
     config_rules.warn_unused(default.get_config())
   assert not caplog.records
-
-
-@pytest.mark.parametrize('key,value,message', [
-    ('init_exclude', '(fc', "init_exclude '(fc' is not a regular expression"),
-    ('normalize', 'imagenett', "normalize 'imagenett' is not usable"),
-    ('freeze', 'layer1', "freeze 'layer1' matches no parameter of the model"),
-    ('lr_multipliers', 'Dense=x', "lr_multipliers item 'Dense=x' is not"),
-])
-def test_fine_tuning_keys_are_checked(key, value, message):
-  config = default.get_config()
-  config[key] = value
-  with pytest.raises(config_rules.ConfigError, match=re.escape(message)):
-    config_rules.validate_config(config, device_count=1)
-
-
-@pytest.mark.parametrize('key,value,message', [
-    ('eval_crop_pct', 0.0, 'eval_crop_pct must be in (0, 1], got 0.0'),
-    ('eval_crop_pct', 1.5, 'eval_crop_pct must be in (0, 1], got 1.5'),
-    ('interpolation', 'nearest',
-     "unknown interpolation 'nearest'; accepted: bilinear, bicubic"),
-])
-def test_eval_crop_keys_are_checked(key, value, message):
-  config = default.get_config()
-  config[key] = value
-  with pytest.raises(config_rules.ConfigError, match=re.escape(message)):
-    config_rules.validate_config(config, device_count=1)
