@@ -147,10 +147,16 @@ def check_parameter_rules(freeze: str, lr_multipliers: str,
           f'regex over its parameter paths, e.g. {", ".join(paths[:4])}, ...')
 
 
+def is_frozen(path: str, freeze: str) -> bool:
+  """Whether config.freeze matches the parameter at `path`: the one rule
+  the optimizer, the BatchNorm switch and the divergence check share."""
+  return bool(freeze) and re.search(freeze, path) is not None
+
+
 def update_factor(path: str, freeze: str, lr_multipliers: str) -> float:
   """What a parameter's updates are multiplied by: 0 if frozen, else the
   factor of the first lr_multipliers pattern it matches, else 1."""
-  if freeze and re.search(freeze, path):
+  if is_frozen(path, freeze):
     return 0.0
   for pattern, factor in parse_lr_multipliers(lr_multipliers):
     if re.search(pattern, path):

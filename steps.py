@@ -12,7 +12,6 @@ these from here.
 
 import contextlib
 import functools
-import re
 from typing import Any, Optional
 
 from clu import metrics
@@ -168,7 +167,7 @@ def _frozen_norms(freeze: str):
     module = context.module
     if (context.method_name == '__call__' and
         isinstance(module, nn.BatchNorm) and any(
-            re.search(freeze, '/'.join([*module.path, name]))
+            optimizers.is_frozen('/'.join([*module.path, name]), freeze)
             for name in ('scale', 'bias'))):
       kwargs = {**kwargs, 'use_running_average': True}
     return next_fun(*args, **kwargs)
@@ -214,7 +213,7 @@ def train_step(state: TrainState, images, labels, *,
   # batch (computed with the batch's own statistics) stays finite.
   if freeze:  # Frozen gradients are never used: XLA then skips them.
     grads = [g for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]
-             if not re.search(freeze, models.parameter_path(path))]
+             if not optimizers.is_frozen(models.parameter_path(path), freeze)]
   finite = (jnp.isfinite(losses.mean()) & all_finite(grads) &
             all_finite(new_state.params) & all_finite(model_state))
   nonfinite_step = jnp.where((state.nonfinite_step < 0) & ~finite,

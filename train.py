@@ -20,7 +20,6 @@ import jax
 import ml_collections
 import numpy as np
 
-import augmentation
 import checkpointing
 import config_rules
 import data_sources
@@ -123,17 +122,11 @@ def _warm_start(config, workdir, model, tx, dataset):
       config.init_from, config.model,
       {'params': state.params, **state.model_state}, config.init_exclude)
   logging.info('Initialised from %s', source.summary)
-  cfg = source.pretrained_cfg
   if source.kind != 'run' and config.normalize == 'none':
-    wanted = ('imagenet' if not cfg.get('mean') or (
-        tuple(cfg['mean']), tuple(cfg['std'])) ==
-              augmentation.NORMALIZATIONS['imagenet'] else
-              f'{",".join(map(str, cfg["mean"]))}/'
-              f'{",".join(map(str, cfg["std"]))}')
     logging.warning('These weights were trained on normalized pixels%s; '
                     'this run feeds them [0, 1] (normalize=none): add '
-                    '--config.normalize=%s', f' ({cfg})' if cfg else '',
-                    wanted)
+                    '--config.normalize=%s', f' ({source.pretrained_cfg})'
+                    if source.pretrained_cfg else '', source.normalize())
   return warm_start.start_from(state, variables, tx), source
 
 

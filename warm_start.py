@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+import augmentation
 import checkpointing
 import pretrained
 import steps
@@ -53,6 +54,16 @@ class Source:
   sha256: str = ''
   summary: str = ''
   pretrained_cfg: dict = dataclasses.field(default_factory=dict)
+
+  def normalize(self) -> str:
+    """The config.normalize these weights expect: the hub's mean/std, else
+    torchvision's (imagenet)."""
+    cfg = self.pretrained_cfg
+    if not cfg.get('mean') or (tuple(cfg['mean']), tuple(
+        cfg['std'])) == augmentation.NORMALIZATIONS['imagenet']:
+      return 'imagenet'
+    return (f'{",".join(map(str, cfg["mean"]))}/'
+            f'{",".join(map(str, cfg["std"]))}')
 
   def record(self) -> dict:
     return {k: v for k, v in dataclasses.asdict(self).items() if v not in (
