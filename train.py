@@ -122,11 +122,11 @@ def _warm_start(config, workdir, model, tx, dataset):
       config.init_from, config.model,
       {'params': state.params, **state.model_state}, config.init_exclude)
   logging.info('Initialised from %s', source.summary)
-  if source.kind != 'run' and config.normalize == 'none':
-    logging.warning('These weights were trained on normalized pixels%s; '
-                    'this run feeds them [0, 1] (normalize=none): add '
-                    '--config.normalize=%s', f' ({source.pretrained_cfg})'
-                    if source.pretrained_cfg else '', source.normalize())
+  info, warning = warm_start.preprocessing_advice(source, config)
+  if info:
+    logging.info(info)
+  if warning:
+    logging.warning(warning)
   return warm_start.start_from(state, variables, tx), source
 
 

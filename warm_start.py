@@ -65,9 +65,44 @@ class Source:
     return (f'{",".join(map(str, cfg["mean"]))}/'
             f'{",".join(map(str, cfg["std"]))}')
 
+  def preprocessing(self) -> dict:
+    """config keys (normalize, eval_crop_pct, interpolation) -> the value
+    these weights were trained or evaluated with, as far as known: a run of
+    ours says nothing (its own config applies), PyTorch weights expect
+    ImageNet normalization, a hub config.json says all three."""
+    if self.kind == 'run':
+      return {}
+    keys = {'normalize': self.normalize()}
+    cfg = self.pretrained_cfg
+    if isinstance(cfg.get('crop_pct'), (int, float)) and (
+        0 < cfg['crop_pct'] <= 1):
+      keys['eval_crop_pct'] = float(cfg['crop_pct'])
+    if cfg.get('interpolation') in ('bilinear', 'bicubic'):
+      keys['interpolation'] = cfg['interpolation']
+    return keys
+
   def record(self) -> dict:
     return {k: v for k, v in dataclasses.asdict(self).items() if v not in (
         '', None, {})}
+
+
+def preprocessing_advice(source: Source, config) -> tuple:
+  """(what the weights expect, what this config does differently and the
+  flags that would match) as log lines; None for a line with nothing to
+  say."""
+  expected = source.preprocessing()
+  differ = {k: v for k, v in expected.items() if config[k] != v}
+  info = warning = None
+  if expected:
+    info = 'These weights expect ' + ', '.join(
+        f'{k}={v}' for k, v in expected.items()) + (
+            ' (the hub config.json)' if source.pretrained_cfg else '')
+  if differ:
+    warning = ('This run uses ' + ', '.join(
+        f'{k}={config[k]}' for k in differ) +
+               ' instead; to match the weights add ' + ' '.join(
+                   f'--config.{k}={v}' for k, v in differ.items()))
+  return info, warning
 
 
 def sha256(path: str) -> str:

@@ -195,3 +195,45 @@ def test_predict_gives_pytorchs_probabilities_on_a_photo(tmp_path):
   for i, name in enumerate(names):
     assert abs(float(ours[name]) - probabilities[i]) < 1e-2, (ours,
                                                               probabilities)
+
+
+@pytest.mark.parametrize('kind,cfg,expected', [
+    ('run', {}, {}),
+    ('state_dict', {}, {'normalize': 'imagenet'}),
+    ('hub', {'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225],
+             'interpolation': 'bicubic', 'crop_pct': 0.95},
+     {'normalize': 'imagenet', 'eval_crop_pct': 0.95,
+      'interpolation': 'bicubic'}),
+    ('hub', {'mean': [0.5, 0.5, 0.5], 'std': [0.5, 0.5, 0.5],
+             'interpolation': 'bilinear', 'crop_pct': 1.0},
+     {'normalize': '0.5,0.5,0.5/0.5,0.5,0.5', 'eval_crop_pct': 1.0,
+      'interpolation': 'bilinear'}),
+    # What our pipeline cannot do is not offered.
+    ('hub', {'interpolation': 'nearest', 'crop_pct': 1.5},
+     {'normalize': 'imagenet'}),
+])
+def test_the_preprocessing_a_source_expects(kind, cfg, expected):
+  source = warm_start.Source('x', kind, pretrained_cfg=cfg)
+  assert source.preprocessing() == expected
+
+
+
+def test_a_run_is_told_the_flags_its_weights_expect():
+  """The log names each key the config leaves different from what the
+  hub's config.json says, with the flag that matches it."""
+  config = conftest.tiny_config('', num_train_steps=0)
+  config.interpolation = 'bicubic'
+  source = warm_start.Source('hf-hub:timm/x', 'hub', pretrained_cfg={
+      'mean': [0.485, 0.456, 0.406], 'std': [0.229, 0.224, 0.225],
+      'interpolation': 'bicubic', 'crop_pct': 0.95})
+  info, warning = warm_start.preprocessing_advice(source, config)
+  assert info == ('These weights expect normalize=imagenet, '
+                  'eval_crop_pct=0.95, interpolation=bicubic (the hub '
+                  'config.json)')
+  assert warning == ('This run uses normalize=none, eval_crop_pct=1.0 '
+                     'instead; to match the weights add '
+                     '--config.normalize=imagenet --config.eval_crop_pct=0.95')
+  config.normalize, config.eval_crop_pct = 'imagenet', 0.95
+  assert warm_start.preprocessing_advice(source, config)[1] is None
+  assert warm_start.preprocessing_advice(
+      warm_start.Source('W', 'run'), config) == (None, None)
