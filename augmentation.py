@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import randaugment
+
 # uint8 -> float32 as a 256-entry table: the same numbers as dividing by 255
 # on the host (XLA turns a division by a constant into a multiplication by
 # its reciprocal, which rounds differently for some values).
@@ -137,43 +139,206 @@ def _random_resized_crop_flip(images, key, scale=(0.08, 1.0),
   return _random_flip(jax.vmap(crop)(images, x0, y0, box_w, box_h), flip_key)
 
 
-# Every accepted `config.augment`: name -> (float images, key, **options of
-# config.augment_kwargs) -> images.
+def _random_erasing(images, key, erasing_prob=0.25,
+                    erasing_area=(0.02, 1 / 3), erasing_ratio=(0.3, 3.3)):
+  """Random erasing (Zhong et al., 2020): with probability erasing_prob an
+  image gets one box, of a share of its area drawn from erasing_area and a
+  height:width drawn log-uniformly from erasing_ratio, clipped to the
+  image, filled with uniform noise in [0, 1] (timm's per-pixel mode, before
+  normalization here). One draw per image, as rrc."""
+  n, height, width, _ = images.shape
+  keys = jax.random.split(key, 6)
+  erase = jax.random.bernoulli(keys[0], erasing_prob, (n, 1, 1, 1))
+  area = jax.random.uniform(keys[1], (n,), minval=erasing_area[0],
+                            maxval=erasing_area[1]) * height * width
+  log_ratio = jax.random.uniform(keys[2], (n,),
+                                 minval=np.log(erasing_ratio[0]),
+                                 maxval=np.log(erasing_ratio[1]))
+  box_h = jnp.clip(jnp.round(jnp.sqrt(area * jnp.exp(log_ratio))), 1, height)
+  box_w = jnp.clip(jnp.round(jnp.sqrt(area / jnp.exp(log_ratio))), 1, width)
+  top = jnp.floor(jax.random.uniform(keys[3], (n,)) * (height - box_h + 1))
+  left = jnp.floor(jax.random.uniform(keys[4], (n,)) * (width - box_w + 1))
+  inside = _box_mask(height, width, top, left, box_h, box_w)
+  noise = jax.random.uniform(keys[5], images.shape, images.dtype)
+  return jnp.where(erase & inside, noise, images)
+
+
+def _box_mask(height, width, top, left, box_h, box_w):
+  """(N, H, W, 1) True inside each image's box [top, top + box_h) x [left,
+  left + box_w)."""
+  rows = jnp.arange(height)[None, :, None, None]
+  cols = jnp.arange(width)[None, None, :, None]
+  return ((rows >= top[:, None, None, None]) &
+          (rows < (top + box_h)[:, None, None, None]) &
+          (cols >= left[:, None, None, None]) &
+          (cols < (left + box_w)[:, None, None, None]))
+
+
+def _randaugment(images, key, randaugment_ops=2, randaugment_magnitude=9.0,
+                 randaugment_prob=0.5):
+  return randaugment.randaugment(images, key, int(randaugment_ops),
+                                 float(randaugment_magnitude),
+                                 float(randaugment_prob))
+
+
+def _mix(images, targets, key, kinds, mixup_alpha=0.8, cutmix_alpha=1.0,
+         mix_switch_prob=0.5, mix_prob=1.0):
+  """Mixup (Zhang et al., 2018) or CutMix (Yun et al., 2019) of the batch
+  with its reverse, as timm's Mixup in batch mode: with probability
+  mix_prob, one lambda ~ Beta(alpha, alpha) for the batch; with both kinds
+  asked for, CutMix with probability mix_switch_prob, else mixup. CutMix
+  pastes a box of side sqrt(1 - lambda) of the image (clipped at the
+  border) and mixes the targets by the box's true area. Returns (images,
+  soft targets)."""
+  n, height, width, _ = images.shape
+  keys = jax.random.split(key, 6)
+  use_cutmix = (jax.random.bernoulli(keys[0], mix_switch_prob)
+                if len(kinds) == 2 else jnp.array(kinds == ('cutmix',)))
+  alpha = jnp.where(use_cutmix, cutmix_alpha, mixup_alpha)
+  lam = jax.random.beta(keys[1], alpha, alpha)
+  other_images, other_targets = images[::-1], targets[::-1]
+  mixed = lam * images + (1 - lam) * other_images
+  cut = jnp.sqrt(1 - lam)
+  cut_h, cut_w = jnp.floor(height * cut), jnp.floor(width * cut)
+  centre_y = jax.random.randint(keys[2], (), 0, height)
+  centre_x = jax.random.randint(keys[3], (), 0, width)
+  top = jnp.clip(centre_y - cut_h // 2, 0, height)
+  bottom = jnp.clip(centre_y + cut_h // 2, 0, height)
+  left = jnp.clip(centre_x - cut_w // 2, 0, width)
+  right = jnp.clip(centre_x + cut_w // 2, 0, width)
+  box = _box_mask(height, width, *(jnp.full((n,), v) for v in (
+      top, left, bottom - top, right - left)))
+  cut_lam = 1 - (bottom - top) * (right - left) / (height * width)
+  images_out = jnp.where(use_cutmix, jnp.where(box, other_images, images),
+                         mixed)
+  lam = jnp.where(use_cutmix, cut_lam, lam)
+  apply = jax.random.bernoulli(keys[4], mix_prob)
+  lam = jnp.where(apply, lam, 1.0)
+  return (jnp.where(apply, images_out, images),
+          lam * targets + (1 - lam) * other_targets)
+
+
+# Every accepted step of `config.augment`: name -> (float images, key,
+# **its options of config.augment_kwargs) -> images. mixup and cutmix (MIX)
+# also mix the labels.
 AUGMENTATIONS = {
     'none': lambda images, key: images,
     'crop': _random_crop,      # Pad by CROP_PADDING, crop back at random.
     'crop_flip': _crop_flip,   # And mirror half the images left-right.
     'rrc': _random_resized_crop_flip,  # A random box resized; and mirror.
+    'randaugment': _randaugment,
+    'random_erasing': _random_erasing,
+    'mixup': None,
+    'cutmix': None,
+}
+MIX = ('mixup', 'cutmix')
+# The options of mixup and cutmix (in _mix), by the steps that take them.
+MIX_OPTIONS = {'mixup_alpha': ('mixup',), 'cutmix_alpha': ('cutmix',),
+               'mix_switch_prob': ('mixup', 'cutmix'),
+               'mix_prob': ('mixup', 'cutmix')}
+
+
+def parse_augment(text: str) -> tuple[str, ...]:
+  """config.augment -> its steps in order ('none' and '' give ()).
+
+  Raises ValueError naming an unknown or repeated step and the accepted.
+  """
+  names = tuple(name.strip() for name in text.split(','))
+  accepted = (f'accepted: none, or a comma-separated list of '
+              f'{", ".join(k for k in AUGMENTATIONS if k != "none")}')
+  if names in (('none',), ('',)):
+    return ()
+  for name in names:
+    if name not in AUGMENTATIONS or name == 'none':
+      raise ValueError(f'unknown augment step {name!r} in {text!r}; '
+                       f'{accepted}')
+  if len(set(names)) != len(names):
+    raise ValueError(f'augment {text!r} names a step twice; {accepted}')
+  return names
+
+
+def augment_options(kind: str) -> dict:
+  """The augment_kwargs keys of the steps of `kind` (config.augment), each
+  with its default."""
+  options = {}
+  for name in parse_augment(kind):
+    if name in MIX:
+      options.update({k: inspect.signature(_mix).parameters[k].default
+                      for k, steps in MIX_OPTIONS.items() if name in steps})
+      continue
+    parameters = list(inspect.signature(AUGMENTATIONS[name]).parameters.values())
+    options.update({p.name: p.default for p in parameters[2:]})
+  return options
+
+
+# What each option accepts: (test of a value, its description).
+_RANGE = (lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(
+    isinstance(x, (int, float)) and not isinstance(x, bool) for x in v) and
+          0 < v[0] <= v[1] < float('inf'), 'LOW,HIGH with 0 < LOW <= HIGH')
+_SHARE = (lambda v: _RANGE[0](v) and v[1] <= 1,
+          'LOW,HIGH with 0 < LOW <= HIGH <= 1')
+_PROBABILITY = (lambda v: isinstance(v, (int, float)) and not isinstance(
+    v, bool) and 0 <= v <= 1, 'a number in [0, 1]')
+_POSITIVE = (lambda v: isinstance(v, (int, float)) and not isinstance(
+    v, bool) and 0 < v < float('inf'), 'a number > 0')
+_RULES = {
+    'scale': _SHARE, 'ratio': _RANGE, 'erasing_area': _SHARE,
+    'erasing_ratio': _RANGE, 'erasing_prob': _PROBABILITY,
+    'randaugment_prob': _PROBABILITY, 'mix_prob': _PROBABILITY,
+    'mix_switch_prob': _PROBABILITY, 'mixup_alpha': _POSITIVE,
+    'cutmix_alpha': _POSITIVE,
+    'randaugment_ops': (lambda v: isinstance(v, int) and not isinstance(
+        v, bool) and 1 <= v <= len(randaugment.OPS),
+                        f'an integer from 1 to {len(randaugment.OPS)}'),
+    'randaugment_magnitude': (lambda v: isinstance(v, (int, float)) and not
+                              isinstance(v, bool) and 0 <= v <= 10,
+                              'a number in [0, 10]'),
 }
 
 
-def augment_options(kind: str) -> set[str]:
-  """The augment_kwargs keys augmentation `kind` takes."""
-  parameters = inspect.signature(AUGMENTATIONS[kind]).parameters
-  return set(list(parameters)[2:])
-
-
 def check_options(kind: str, options: dict):
-  """ValueError naming a key of augment_kwargs `kind` does not take, or a
-  range that is not (low, high) with 0 < low <= high."""
+  """ValueError naming an unknown step, a key of augment_kwargs the steps
+  of `kind` do not take, or a value out of its range."""
   accepted = augment_options(kind)
   for key, value in options.items():
     if key not in accepted:
       names = ', '.join(f'augment_kwargs.{k}' for k in sorted(accepted))
       raise ValueError(f"unknown config key 'augment_kwargs.{key}' for "
                        f"augment {kind}; accepted: {names or 'none'}")
-    if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, float)) for v in value) and
-            0 < value[0] <= value[1] < float('inf')) or (
-                key == 'scale' and value[1] > 1):
-      raise ValueError(f'augment_kwargs.{key} must be LOW,HIGH with 0 < LOW '
-                       f'<= HIGH{" <= 1" if key == "scale" else ""}, got '
+    test, description = _RULES[key]
+    if not test(value):
+      raise ValueError(f'augment_kwargs.{key} must be {description}, got '
                        f'{value!r}')
 
 
+def mixes(kind: str) -> bool:
+  """Whether augmentation `kind` mixes labels (its targets are soft)."""
+  return any(name in MIX for name in parse_augment(kind))
+
+
 def augment(images: jax.Array, key: jax.Array, kind: str,
-            options: Optional[dict] = None) -> jax.Array:
-  """Applies AUGMENTATIONS[kind] with `options` (config.augment_kwargs);
-  the same (images, key) give the same result on any number of devices
-  (the draws cover the global batch)."""
-  return AUGMENTATIONS[kind](images, key, **(options or {}))
+            options: Optional[dict] = None, targets=None):
+  """Applies the steps of `kind` (config.augment) in order with `options`
+  (config.augment_kwargs); the same (images, key) give the same result on
+  any number of devices (the draws cover the global batch).
+
+  Returns the images or, when `targets` (one-hot float labels) are given,
+  (images, targets), mixed if a step mixes. A single step draws from `key`
+  itself, step i of several from fold_in(key, i).
+  """
+  names = parse_augment(kind)
+  options = dict(options or {})
+  mixed = False
+  for i, name in enumerate(names):
+    step_key = key if len(names) == 1 else jax.random.fold_in(key, i)
+    if name in MIX:
+      if not mixed:  # Both asked for: one of them per batch, where first.
+        kinds = tuple(k for k in MIX if k in names)
+        images, targets = _mix(images, targets, step_key, kinds, **{
+            k: options[k] for k in MIX_OPTIONS if k in options})
+        mixed = True
+      continue
+    accepted = augment_options(name)
+    images = AUGMENTATIONS[name](images, step_key, **{
+        k: v for k, v in options.items() if k in accepted})
+  return images if targets is None else (images, targets)

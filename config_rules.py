@@ -15,10 +15,14 @@ import ml_collections
 
 import augmentation
 import checkpointing
+import controls
 import data_sources
 import image_folder
+import imported_models
+import input_pipeline
 import models
 import optimizers
+import steps
 
 
 # Keys that may differ between a checkpoint and the run resuming from it, and
@@ -52,13 +56,27 @@ RESUME_CHANGES = {
     'test_fraction': 'the same examples (checked): the folder has a test '
                      'split of its own',
     'split_seed': 'the same examples (checked): no hold-out is drawn',
+    'eval_flip': 'evaluation and the best checkpoint use mirrored images '
+                 'too from now on (or no longer)',
+    'class_weights': 'steps after the checkpoint weigh the loss anew',
+    'sampling': 'steps after the checkpoint see other batches',
+    'early_stopping_patience': 'the run may now stop at another epoch',
+    'early_stopping_min_delta': 'the run may now stop at another epoch',
+    'early_stopping_metric': 'the run may now stop at another epoch',
+    'plateau_patience': 'the learning rate is cut by the new rule, counted '
+                        'over all epochs so far',
+    'plateau_factor': 'the learning rate is cut by the new rule, counted '
+                      'over all epochs so far',
+    'plateau_min_delta': 'the learning rate is cut by the new rule, counted '
+                         'over all epochs so far',
 }
 
 _POSITIVE = ('learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',
              'log_every_steps', 'checkpoint_every_steps',
              'max_checkpoints_to_keep', 'grad_accum_steps')
 _NON_NEGATIVE = ('weight_decay', 'warmup_epochs', 'grad_clip_norm', 'seed',
-                 'split_seed')
+                 'split_seed', 'early_stopping_patience',
+                 'early_stopping_min_delta', 'plateau_min_delta')
 # Fractions and decay rates: in [0, 1).
 _FRACTIONS = ('momentum', 'label_smoothing', 'ema_decay',
               'validation_fraction', 'test_fraction')
@@ -110,6 +128,16 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
                       f'lr_schedule warmup_cosine (got {config.lr_schedule!r})'
                       f'; accepted: warmup_epochs 0, or lr_schedule '
                       f'warmup_cosine')
+  try:
+    controls.parse_class_weights(config.class_weights)
+  except controls.ControlError as e:
+    raise ConfigError(str(e)) from None
+  if not config.plateau_patience >= 1:
+    raise ConfigError(f'plateau_patience must be >= 1 (epochs), got '
+                      f'{config.plateau_patience!r}')
+  if not 0 < config.plateau_factor < 1:
+    raise ConfigError(f'plateau_factor must be in (0, 1), got '
+                      f'{config.plateau_factor!r}')
   if not 0 < config.eval_crop_pct <= 1:
     raise ConfigError(f'eval_crop_pct must be in (0, 1], got '
                       f'{config.eval_crop_pct!r}')
@@ -126,14 +154,21 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
     raise ConfigError(f'num_train_steps must be -1 (derive from num_epochs), '
                       f'0 (evaluate and save the initial state) or > 0, got '
                       f'{config.num_train_steps}')
-  for key, table in (('augment', augmentation.AUGMENTATIONS),
-                     ('optimizer', optimizers.OPTIMIZERS),
+  try:
+    augmentation.parse_augment(config.augment)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  for key, table in (('optimizer', optimizers.OPTIMIZERS),
                      ('lr_schedule', optimizers.LR_SCHEDULES),
                      ('model', models.MODELS),
-                     ('data_loading', data_sources.LOADINGS)):
-    if config[key] not in table:
+                     ('data_loading', data_sources.LOADINGS),
+                     ('sampling', input_pipeline.SAMPLINGS)):
+    if config[key] not in table and not (
+        key == 'model' and imported_models.is_import_path(config[key])):
       raise ConfigError(f'unknown {key} {config[key]!r}; accepted: '
-                        f'{", ".join(table)}')
+                        f'{", ".join(table)}' + (
+                            f', or an import path {imported_models.FORMS}'
+                            if key == 'model' else ''))
   try:
     optimizers.check_settings(config.optimizer, config.momentum,
                               config.weight_decay)
@@ -145,7 +180,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
   except ValueError as e:
     raise ConfigError(str(e)) from None
   kwargs = config.model_kwargs.to_dict()
-  accepted = models.model_options(config.model)
+  try:
+    accepted = models.model_options(config.model)
+  except imported_models.ModelError as e:
+    raise ConfigError(str(e) if training else (
+        f'the model of this run is no longer importable here: {e}')) from None
   for key in kwargs:
     if key not in accepted:
       raise ConfigError(
@@ -156,18 +195,63 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
     model = models.create_model(config.model, 10, **kwargs)
   except (ValueError, TypeError) as e:
     raise ConfigError(f'model_kwargs: {e}') from None
-  if config.freeze or config.lr_multipliers:
-    try:
-      optimizers.check_parameter_rules(config.freeze, config.lr_multipliers,
-                                       models.parameter_paths(model))
-    except optimizers.OptimizerError as e:
-      raise ConfigError(str(e)) from None
+  # An import-path model may need the data's image shape to build: its
+  # parameter rules are checked with the data (check_model).
+  if (config.freeze or config.lr_multipliers) and not (
+      imported_models.is_import_path(config.model)):
+    check_parameter_rules(config, model, (32, 32, 3))
   for key in ('batch_size', 'eval_batch_size') if training else (
       'eval_batch_size',):
     if config[key] % device_count:
       raise ConfigError(f'{key} {config[key]} is not divisible by the '
                         f'{device_count} devices; use a multiple of '
                         f'{device_count}')
+
+
+def check_parameter_rules(config: ml_collections.ConfigDict, model,
+                          image_shape):
+  """ConfigError unless every freeze / lr_multipliers pattern matches a
+  parameter of `model`."""
+  if not (config.freeze or config.lr_multipliers):
+    return
+  try:
+    optimizers.check_parameter_rules(
+        config.freeze, config.lr_multipliers,
+        models.parameter_paths(model, image_shape))
+  except optimizers.OptimizerError as e:
+    raise ConfigError(str(e)) from None
+
+
+def watched_metric(config: ml_collections.ConfigDict,
+                   has_validation: bool) -> str:
+  """The epoch metric early stopping and the plateau schedule watch;
+  ConfigError if the run has no such metric."""
+  names = controls.metric_names(has_validation)
+  metric = (config.early_stopping_metric or
+            controls.selection_metric(has_validation))
+  if metric not in names:
+    raise ConfigError(f'early_stopping_metric {metric!r} is not a metric of '
+                      f'this run; accepted: {", ".join(names)}')
+  return metric
+
+
+def check_model(config: ml_collections.ConfigDict, model, image_shape,
+                num_classes: int):
+  """What only the data can show of an import-path model: that it gives
+  (batch, num_classes) logits for these images, and that freeze and
+  lr_multipliers match its parameters. ConfigError otherwise."""
+  if not imported_models.is_import_path(config.model):
+    return
+  try:
+    imported_models.check_output(model, config.model, image_shape,
+                                 num_classes)
+  except imported_models.ModelError as e:
+    raise ConfigError(str(e)) from None
+  check_parameter_rules(config, model, image_shape)
+  try:
+    steps.check_frozen_norms(model, image_shape, config.freeze)
+  except steps.FrozenNormError as e:
+    raise ConfigError(str(e)) from None
 
 
 def warn_unused(config: ml_collections.ConfigDict):

@@ -167,6 +167,17 @@ class Dataset:
     return 'test' if self.validation is None else 'validation'
 
 
+def labels_of(split) -> np.ndarray:
+  """Every label of a split, in order (a tfds split reads its examples)."""
+  if isinstance(split, Subset):
+    return labels_of(split.base)[split.indices]
+  if hasattr(split, 'labels'):
+    return np.asarray(split.labels)
+  return np.concatenate([split.get(np.arange(i, min(i + 1024, len(split))))[1]
+                         for i in range(0, len(split), 1024)] or [
+                             np.zeros(0, np.int32)])
+
+
 def in_memory(split) -> bool:
   return isinstance(split, Split)
 

@@ -25,6 +25,7 @@ import data_sources
 import distributed
 import image_folder
 import input_pipeline
+import imported_models
 import models
 import steps
 import workdir_files
@@ -60,8 +61,15 @@ def restore(workdir: str, config: ml_collections.ConfigDict, step: int,
             info: dict, mesh: distributed.Mesh):
   """Restores the TrainState of checkpoint `step`."""
   image_shape = list(info['image_shape'])
-  model = models.create_model(config.model, info['num_classes'],
-                              **config.model_kwargs.to_dict())
+  try:
+    model = models.create_model(config.model, info['num_classes'],
+                                **config.model_kwargs.to_dict())
+  except imported_models.ModelError as e:
+    raise InferenceError(f'the model of {workdir} (config.json) is no longer '
+                         f'importable here: {e}') from None
+  if imported_models.is_import_path(config.model):
+    logging.info('Model %s imported again from %s', config.model,
+                 imported_models.resolve(config.model).file)
   # Only the optimizer state's structure matters here (it is restored, not
   # used): build it as training did.
   tx, _ = steps.create_optimizer_and_schedule(
@@ -123,7 +131,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       config.eval_batch_size, [len(s) for s in splits.values()],
       jax.device_count())
   eval_fn = jax.jit(functools.partial(steps.eval_and_predict_step,
-                                      use_ema=config.eval_with_ema),
+                                      use_ema=config.eval_with_ema,
+                                      flip=config.eval_flip),
                     out_shardings=mesh.replicated)
   predictions, labels = [], []
   metrics = steps.evaluate(  # One pass: the metrics and each prediction.
@@ -201,7 +210,8 @@ def predict_files(config: ml_collections.ConfigDict, workdir: str,
     mesh = distributed.Mesh()
     state = restore(workdir, config, step, info, mesh)
     logits = jax.jit(functools.partial(
-        steps.predict_step, use_ema=config.eval_with_ema))(
+        steps.predict_step, use_ema=config.eval_with_ema,
+        flip=config.eval_flip))(
             state, jnp.asarray(np.stack(images)))
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
     names = info['class_names']

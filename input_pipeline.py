@@ -45,6 +45,19 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return rng.permutation(num_examples)
 
 
+def balanced_draw(labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+  """sampling=balanced: the examples of one epoch drawn with replacement,
+  each class as likely as any other (each example with probability 1 /
+  (classes present * its class's count)); depends only on (seed, epoch)."""
+  counts = np.bincount(labels)
+  weights = 1.0 / (np.count_nonzero(counts) * counts[labels])
+  rng = np.random.Generator(np.random.PCG64([seed, epoch, 1]))
+  return rng.choice(len(labels), size=len(labels), p=weights / weights.sum())
+
+
+SAMPLINGS = ('uniform', 'balanced')
+
+
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   """Number of full training batches per epoch (the remainder is dropped).
 
@@ -60,19 +73,23 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 def train_batch_indices(num_examples: int, batch_size: int, seed: int,
                         start_step: int = 0, process_index: int = 0,
-                        process_count: int = 1) -> Callable[[int], np.ndarray]:
+                        process_count: int = 1, balanced_labels=None
+                        ) -> Callable[[int], np.ndarray]:
   """indices(i): the examples of step start_step + i for this process.
 
   A function of (seed, step) only: each epoch is a permutation of its own
-  (the last two are cached), cut into full global batches of `batch_size`;
-  process p takes the p-th contiguous slice, so the global batch is the same
-  whatever the process count.
+  (the last two are cached), or with `balanced_labels` (sampling=balanced,
+  the training labels) a class-balanced draw, cut into full global batches
+  of `batch_size`; process p takes the p-th contiguous slice, so the global
+  batch is the same whatever the process count.
   """
   per_epoch = steps_per_epoch(num_examples, batch_size)
   local = batch_size // process_count
   lo = process_index * local
   permutation = functools.lru_cache(maxsize=2)(
-      lambda epoch: epoch_permutation(num_examples, seed, epoch))
+      (lambda epoch: epoch_permutation(num_examples, seed, epoch))
+      if balanced_labels is None else
+      (lambda epoch: balanced_draw(balanced_labels, seed, epoch)))
 
   def indices(i):
     epoch, index = divmod(start_step + i, per_epoch)
@@ -104,7 +121,8 @@ def _read_batches(split, batch_indices: Callable[[int], np.ndarray],
 
 def train_batches(split, batch_size: int, seed: int, start_step: int,
                   num_steps: int, process_index: int = 0,
-                  process_count: int = 1, threads: int = 0
+                  process_count: int = 1, threads: int = 0,
+                  balanced_labels=None
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Yields (images, labels) training batches for steps [start, start+num).
 
@@ -119,9 +137,12 @@ def train_batches(split, batch_size: int, seed: int, start_step: int,
       reads only the examples of that slice.
     process_count: number of processes; must divide batch_size.
     threads: read-ahead threads for splits not in memory (0: none).
+    balanced_labels: the split's labels, to draw class-balanced batches
+      (train_batch_indices); None: each epoch a permutation.
   """
   indices = train_batch_indices(len(split), batch_size, seed, start_step,
-                                process_index, process_count)
+                                process_index, process_count,
+                                balanced_labels)
   return _read_batches(split, indices, num_steps, threads)
 
 
@@ -176,7 +197,8 @@ def prefetch(batches: Iterator[tuple], put: Callable[..., tuple],
 
 def device_train_batches(split, batch_size: int, seed: int, start_step: int,
                          num_steps: int, mesh, *, prefetch_batches: int = 2,
-                         on_device: bool = False) -> Iterator[tuple]:
+                         on_device: bool = False,
+                         balanced_labels=None) -> Iterator[tuple]:
   """(images, labels) on the mesh's devices for steps [start, start + num).
 
   From the host with `prefetch_batches` transfers ahead, or, with
@@ -189,6 +211,7 @@ def device_train_batches(split, batch_size: int, seed: int, start_step: int,
     mesh: a distributed.Mesh.
     prefetch_batches: host batches sent ahead of the step.
     on_device: keep the set on the devices (one process, in memory).
+    balanced_labels: as train_batches.
   """
   if on_device:
     # Checked here, not when the first batch is drawn, so that the run is
@@ -198,15 +221,16 @@ def device_train_batches(split, batch_size: int, seed: int, start_step: int,
           'data_on_device needs the training set in memory; set '
           '--config.data_loading=memory or data_on_device=false')
     return _gather_on_device(split, batch_size, seed, start_step, num_steps,
-                             mesh)
+                             mesh, balanced_labels)
   batches = train_batches(split, batch_size, seed, start_step, num_steps,
                           jax.process_index(), jax.process_count(),
-                          threads=READ_THREADS)
+                          threads=READ_THREADS,
+                          balanced_labels=balanced_labels)
   return prefetch(batches, mesh.put_batch, prefetch_batches)
 
 
 def _gather_on_device(split, batch_size: int, seed: int, start_step: int,
-                      num_steps: int, mesh):
+                      num_steps: int, mesh, balanced_labels=None):
   images = jax.device_put(split.images, mesh.replicated)
   labels = jax.device_put(split.labels, mesh.replicated)
   logging.info('Training set on the devices: %.1f MB of uint8 images',
@@ -214,6 +238,7 @@ def _gather_on_device(split, batch_size: int, seed: int, start_step: int,
   gather = jax.jit(lambda x, y, i: (x[i], y[i]),
                    out_shardings=(mesh.batch, mesh.batch))
   # Indices only: the host's work per step is a slice of a permutation.
-  indices = train_batch_indices(len(split), batch_size, seed, start_step)
+  indices = train_batch_indices(len(split), batch_size, seed, start_step,
+                                balanced_labels=balanced_labels)
   for i in range(num_steps):
     yield gather(images, labels, jax.device_put(indices(i), mesh.batch))

@@ -1,9 +1,11 @@
 """Flax linen classifiers, chosen by name from MODELS.
 
 Every model is called as `model(images, train=...)`: `train=True` updates
-BatchNorm statistics (the `batch_stats` collection) and draws dropout masks
-(the `dropout` RNG stream); `train=False` uses the running statistics and no
-dropout. `dtype` sets the compute precision; parameters stay float32.
+BatchNorm statistics (the `batch_stats` collection) and draws dropout and
+stochastic depth masks (the `dropout` RNG stream); `train=False` uses the
+running statistics and no dropout. `dtype` sets the compute precision;
+parameters stay float32. The ViTs of vit.py and the ConvNeXts of
+convnext.py are registered here too.
 """
 
 import functools
@@ -13,14 +15,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+import convnext
+import imported_models
+import layers
+import vit
 
-
-def _dtype(name: str):
-  if name not in DTYPES:
-    raise ValueError(f'unknown dtype {name!r}; accepted: '
-                     f'{", ".join(DTYPES)}')
-  return DTYPES[name]
+# The compute dtypes and stochastic depth are layers.py's, shared with
+# vit.py and convnext.py.
+DTYPES = layers.DTYPES
+_dtype = layers.compute_dtype
 
 
 class CNN(nn.Module):
@@ -80,13 +83,15 @@ class BasicBlock(nn.Module):
   strides: int
   conv: Callable
   norm: Callable
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     y = self.conv(self.features, (3, 3), self.strides)(x)
     y = nn.relu(self.norm()(y))
     y = self.conv(self.features, (3, 3))(y)
     y = self.norm(scale_init=nn.initializers.zeros)(y)
+    y = layers.DropPath(self.drop_path_rate)(y, deterministic=not train)
     if x.shape != y.shape:
       x = self.norm()(self.conv(self.features, (1, 1), self.strides)(x))
     return nn.relu(x + y)
@@ -98,14 +103,16 @@ class Bottleneck(nn.Module):
   strides: int
   conv: Callable
   norm: Callable
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     y = nn.relu(self.norm()(self.conv(self.features, (1, 1))(x)))
     y = self.conv(self.features, (3, 3), self.strides)(y)
     y = nn.relu(self.norm()(y))
     y = self.conv(self.features * 4, (1, 1))(y)
     y = self.norm(scale_init=nn.initializers.zeros)(y)
+    y = layers.DropPath(self.drop_path_rate)(y, deterministic=not train)
     if x.shape != y.shape:
       x = self.norm()(self.conv(self.features * 4, (1, 1), self.strides)(x))
     return nn.relu(x + y)
@@ -126,6 +133,8 @@ class ResNet(nn.Module):
     dropout_rate: dropout before the classifier.
     dtype: compute precision, 'float32' or 'bfloat16'.
     bn_momentum: decay of BatchNorm's running statistics.
+    drop_path_rate: stochastic depth of the residual branches, rising
+      linearly over the blocks from 0 to this rate (timm's rule).
   """
   stage_sizes: Sequence[int]
   block: Any
@@ -136,6 +145,7 @@ class ResNet(nn.Module):
   dropout_rate: float = 0.0
   dtype: str = 'float32'
   bn_momentum: float = 0.9
+  drop_path_rate: float = 0.0
 
   def __post_init__(self):
     # Checked when the model is built, so that a bad option is refused by
@@ -153,6 +163,7 @@ class ResNet(nn.Module):
     if not 0 <= self.bn_momentum < 1:
       raise ValueError(f'bn_momentum must be in [0, 1), got '
                        f'{self.bn_momentum!r}')
+    layers.check_drop_path_rate(self.drop_path_rate)
     super().__post_init__()
 
   @nn.compact
@@ -181,11 +192,14 @@ class ResNet(nn.Module):
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     else:
       x = nn.relu(norm()(conv(self.stem_width, (3, 3))(x)))
+    rates = iter(layers.drop_path_rates(self.drop_path_rate,
+                                        sum(self.stage_sizes)))
     for stage, (blocks, width) in enumerate(zip(self.stage_sizes,
                                                 self.widths)):
       for i in range(blocks):
         strides = 2 if stage > 0 and i == 0 else 1
-        x = self.block(width, strides, conv, norm)(x)
+        x = self.block(width, strides, conv, norm,
+                       drop_path_rate=next(rates))(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=dtype)(x)
@@ -207,6 +221,20 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     'resnet20': functools.partial(ResNet, stage_sizes=(3, 3, 3),
                                   block=BasicBlock, widths=(16, 32, 64),
                                   stem='small', stem_width=16),
+    # timm's vit_{tiny,small,base}_patch16_224 (patch_size 16 by default).
+    'vit_tiny': functools.partial(vit.VisionTransformer, embed_dim=192,
+                                  depth=12, num_heads=3),
+    'vit_small': functools.partial(vit.VisionTransformer, embed_dim=384,
+                                   depth=12, num_heads=6),
+    'vit_base': functools.partial(vit.VisionTransformer, embed_dim=768,
+                                  depth=12, num_heads=12),
+    # timm's convnext_atto (its conv_mlp=True is the same computation with
+    # 1x1 convolutions, which pretrained.py loads into the Dense layers) and
+    # convnext_tiny.
+    'convnext_atto': functools.partial(convnext.ConvNeXt, depths=(2, 2, 6, 2),
+                                       dims=(40, 80, 160, 320)),
+    'convnext_tiny': functools.partial(convnext.ConvNeXt, depths=(3, 3, 9, 3),
+                                       dims=(96, 192, 384, 768)),
 }
 
 
@@ -217,19 +245,47 @@ def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     ValueError: unknown name, or a keyword the model does not take (the
       message lists those it takes).
   """
+  if imported_models.is_import_path(name):
+    return imported_models.create(name, num_classes, **kwargs)
   if name not in MODELS:
     raise ValueError(f'unknown model {name!r}; accepted: '
-                     f'{", ".join(MODELS)}')
+                     f'{", ".join(MODELS)}, or an import path '
+                     f'{imported_models.FORMS}')
   accepted = model_options(name)
   for key, value in kwargs.items():
     if key not in accepted:
       raise ValueError(f'model {name} takes no option {key!r}; accepted: '
                        f'{", ".join(sorted(accepted))}')
+    _check_type(name, key, value)
     if key == 'dropout_rate' and not 0 <= value < 1:
       raise ValueError(f'dropout_rate must be in [0, 1), got {value!r}')
     if key == 'dtype':
       _dtype(value)
   return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+def _check_type(name: str, key: str, value):
+  """ValueError unless `value` has the type of the option's default (an
+  int also does for a float): a value typed on the command line for a key
+  the config does not set arrives as text or a literal."""
+  constructor = MODELS[name]
+  cls = getattr(constructor, 'func', constructor)
+  default = cls.__dataclass_fields__[key].default
+  kinds = {bool: ((bool,), 'true or false'), int: ((int, float), 'a number'),
+           float: ((int, float), 'a number'), str: ((str,), 'a string'),
+           tuple: ((tuple, list), 'a sequence, e.g. 16,32,64')
+           }.get(type(default))
+  if kinds and (not isinstance(value, kinds[0]) or (
+      isinstance(value, bool) and bool not in kinds[0])):
+    raise ValueError(f'bad value {value!r} for model_kwargs.{key} of model '
+                     f'{name}; accepted: {kinds[1]}')
+
+
+def init_keys(key) -> dict:
+  """The RNG streams of model.init: `params` draws the weights; `dropout`
+  is there for NNX modules, which take their Dropout's stream when built
+  (nothing draws from it at init, train=False)."""
+  return {'params': key, 'dropout': jax.random.fold_in(key, 1)}
 
 
 def parameter_path(key_path) -> str:
@@ -243,7 +299,7 @@ def parameter_paths(model: nn.Module, image_shape=(32, 32, 3)) -> list[str]:
   its abstract initialisation (no compile); the names do not depend on the
   image size."""
   shapes = jax.eval_shape(functools.partial(model.init, train=False),
-                          jax.random.PRNGKey(0),
+                          init_keys(jax.random.PRNGKey(0)),
                           jnp.ones((1, *image_shape)))
   return [parameter_path(path) for path, _ in
           jax.tree_util.tree_flatten_with_path(shapes['params'])[0]]
@@ -251,6 +307,8 @@ def parameter_paths(model: nn.Module, image_shape=(32, 32, 3)) -> list[str]:
 
 def model_options(name: str) -> set[str]:
   """The keyword options model `name` takes from config.model_kwargs."""
+  if imported_models.is_import_path(name):
+    return imported_models.options(name)
   constructor = MODELS[name]
   cls = getattr(constructor, 'func', constructor)
   fixed = set(getattr(constructor, 'keywords', {}))

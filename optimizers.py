@@ -88,9 +88,12 @@ def _warmup_cosine(base_lr, total_steps, warmup_steps):
 
 
 # Every accepted `config.lr_schedule`: name -> (base learning rate, total
-# updates, warm-up updates) -> optax schedule.
+# updates, warm-up updates) -> optax schedule. plateau is constant here; its
+# cuts are a factor in the optimizer state (create_optimizer).
 LR_SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
     'constant': lambda base_lr, total, warmup: optax.constant_schedule(
+        base_lr),
+    'plateau': lambda base_lr, total, warmup: optax.constant_schedule(
         base_lr),
     'cosine': lambda base_lr, total, warmup: optax.cosine_decay_schedule(
         base_lr, decay_steps=total),
@@ -197,8 +200,8 @@ def scale_by_parameter(freeze: str, lr_multipliers: str, where: str
 def create_optimizer(name: str, learning_rate: optax.ScalarOrSchedule,
                      momentum: float = 0.0, weight_decay: float = 0.0,
                      grad_clip_norm: float = 0.0, grad_accum_steps: int = 1,
-                     freeze: str = '', lr_multipliers: str = ''
-                     ) -> optax.GradientTransformation:
+                     freeze: str = '', lr_multipliers: str = '',
+                     plateau: bool = False) -> optax.GradientTransformation:
   """Returns the optax optimizer `name` (one of OPTIMIZERS).
 
   Args:
@@ -212,6 +215,8 @@ def create_optimizer(name: str, learning_rate: optax.ScalarOrSchedule,
       are never changed (no gradient, no weight decay, no momentum).
     lr_multipliers: 'REGEX=FACTOR,...': the updates of parameters matched
       (first match wins) are scaled by FACTOR.
+    plateau: the updates are also scaled by a factor kept in the optimizer
+      state (lr_schedule plateau; set_plateau_factor sets it).
   """
   check_settings(name, momentum, weight_decay)
   tx = OPTIMIZERS[name](learning_rate, momentum, weight_decay)
@@ -222,6 +227,25 @@ def create_optimizer(name: str, learning_rate: optax.ScalarOrSchedule,
     # norm; updates are scaled last, after weight decay and momentum.
     tx = optax.chain(*[scale_by_parameter(freeze, '', 'gradients')] * bool(
         freeze), tx, scale_by_parameter(freeze, lr_multipliers, 'updates'))
+  if plateau:
+    # Every optimizer's update is the learning rate times a direction (and
+    # decoupled weight decay times it too): scaling the update scales the
+    # rate. The factor is a hyperparameter in the optimizer state, set once
+    # per epoch by the training loop (set_plateau_factor).
+    tx = optax.chain(tx, optax.inject_hyperparams(optax.scale)(
+        step_size=1.0))
   if grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=grad_accum_steps)
   return tx
+
+
+def plateau_factor(opt_state):
+  """The plateau schedule's factor in `opt_state` (1.0 without one)."""
+  found = optax.tree_utils.tree_get(opt_state, 'step_size', 1.0)
+  return found
+
+
+def set_plateau_factor(opt_state, factor):
+  """`opt_state` with the plateau schedule's factor set to `factor` (an
+  array placed as the state is)."""
+  return optax.tree_utils.tree_set(opt_state, step_size=factor)

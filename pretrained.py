@@ -1,4 +1,4 @@
-"""Pretrained weights from torchvision and timm for the ResNets of models.py.
+"""Pretrained weights from torchvision and timm for the models of models.py.
 
 Three steps, each a function: `read_state_dict` reads a file (.safetensors
 without PyTorch; .pth/.pt/.bin with it) into numpy arrays, `read_hub` fetches
@@ -7,22 +7,29 @@ offline) with its preprocessing config, and `to_flax` maps a state dict by
 name onto an initialised Flax variables tree, checking every shape and
 reporting every mismatch at once. `load_pretrained` chains them.
 
-torchvision and timm name a plain ResNet's tensors identically (conv1, bn1,
-layerN.M.convK/bnK, layerN.0.downsample.0/1, fc; checked against both in
-tests/fixtures/), and models.py builds the same modules in the same order,
-so the mapping is one to one: Flax's Conv_K/BatchNorm_K inside the global
-BasicBlock_B/Bottleneck_B are torch's convK+1/bnK+1 of block B counted over
-the stages, and the block's last Conv/BatchNorm is its downsample.
+Each architecture family (FAMILIES) says how its torch keys are named:
+
+* ResNets: torchvision and timm name a plain ResNet's tensors identically
+  (conv1, bn1, layerN.M.convK/bnK, layerN.0.downsample.0/1, fc; checked
+  against both in tests/fixtures/), and models.py builds the same modules
+  in the same order, so the mapping is one to one: Flax's Conv_K/BatchNorm_K
+  inside the global BasicBlock_B/Bottleneck_B are torch's convK+1/bnK+1 of
+  block B counted over the stages, and the block's last Conv/BatchNorm is
+  its downsample.
+* ViTs (vit.py) and ConvNeXts (convnext.py) carry timm's module names, so
+  the key is the Flax path with '/' and '_N' written '.' and '.N'
+  (blocks_3/attn/qkv/kernel is blocks.3.attn.qkv.weight; `timm_name`).
 """
 
 import dataclasses
 import json
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax
 from flax import traverse_util
+import jax
 import jax.numpy as jnp
 # Registers bfloat16 with numpy, which safetensors' numpy route needs.
 import ml_dtypes  # pylint: disable=unused-import
@@ -30,13 +37,15 @@ import numpy as np
 
 import models
 
-# Architectures with a torchvision/timm counterpart: name -> convolutions in
-# the residual branch of one block (the downsample is the next Conv_K).
-ARCHS = {'resnet18': 2, 'resnet34': 2, 'resnet50': 3}
-# The classifier's torch name; by default it keeps the model's fresh init.
-HEAD = 'fc'
-HEAD_REGEXES = (rf'^{HEAD}\.',)
-STEM_KEY = 'conv1.weight'
+# Architectures with a torchvision/timm counterpart: name -> family.
+ARCHS = {'resnet18': 'resnet', 'resnet34': 'resnet', 'resnet50': 'resnet',
+         'vit_tiny': 'vit', 'vit_small': 'vit', 'vit_base': 'vit',
+         'convnext_atto': 'convnext', 'convnext_tiny': 'convnext'}
+# A ResNet block's convolutions in its residual branch (the downsample is
+# the next Conv_K).
+CONVS_PER_BLOCK = {'BasicBlock': 2, 'Bottleneck': 3}
+# timm's learned position embeddings, resampled to another grid of patches.
+POS_EMBED_KEY = 'pos_embed'
 HUB_PREFIX = 'hf-hub:'
 HUB_WEIGHTS = 'model.safetensors'
 HUB_CONFIG = 'config.json'
@@ -62,6 +71,11 @@ LEAF_NAMES = {
     ('params', 'Dense', 'kernel'): 'weight',
     ('params', 'Dense', 'bias'): 'bias',
 }
+
+
+# A Flax leaf -> timm's name for it (others keep theirs: bias, cls_token,
+# pos_embed, gamma).
+TIMM_LEAVES = {'kernel': 'weight', 'scale': 'weight'}
 
 
 class PretrainedError(ValueError):
@@ -276,16 +290,18 @@ def _hub_file(repo_id, filename, cache_dir, required):
 
 
 def detect_naming(keys) -> str:
-  """Names the convention of a state dict's keys: 'torchvision' (which timm's
-  plain ResNets share exactly).
+  """Names the convention of a state dict's keys: a family's `naming`
+  ('torchvision', which timm's plain ResNets share exactly; 'timm_vit';
+  'timm_convnext').
 
   Raises:
     PretrainedError: a known convention models.py cannot take (timm's
       deep-stem variants, Hugging Face transformers), or an unknown one.
   """
   keys = set(keys)
-  if STEM_KEY in keys and any(k.startswith('layer1.') for k in keys):
-    return 'torchvision'
+  for family in FAMILIES.values():
+    if all(k in keys for k in family.marks):
+      return family.naming
   if 'conv1.0.weight' in keys:
     raise PretrainedError(
         'these weights have a deep 3x3 stem (conv1.0, conv1.1, ...: timm\'s '
@@ -298,13 +314,12 @@ def detect_naming(keys) -> str:
         'e.g. hf-hub:timm/resnet50.a1_in1k')
   raise PretrainedError(
       f'unrecognised key names (e.g. {", ".join(sorted(keys)[:3])}); '
-      f'accepted: torchvision/timm ResNet naming (conv1, bn1, '
-      f'layer1.0.conv1, layer1.0.downsample.0, fc)')
+      f'accepted: ' + '; '.join(f.described for f in FAMILIES.values()))
 
 
 def torch_name(path: tuple[str, ...], stage_sizes, convs_per_block: int
                ) -> str:
-  """torchvision's key for a Flax variable path.
+  """torchvision's key for a Flax variable path of a ResNet.
 
   E.g. ('params', 'Bottleneck_3', 'Conv_1', 'kernel') -> 'layer2.0.conv2.weight'
   for stage sizes (3, 4, 6, 3); the block's Conv_3/BatchNorm_3 are its
@@ -330,6 +345,70 @@ def torch_name(path: tuple[str, ...], stage_sizes, convs_per_block: int
   return f'layer{stage + 1}.{block}.{module}.{suffix}'
 
 
+def timm_name(path: tuple[str, ...]) -> str:
+  """timm's key for a Flax variable path of a model named as timm's.
+
+  E.g. ('params', 'blocks_3', 'attn', 'qkv', 'kernel') ->
+  'blocks.3.attn.qkv.weight', ('params', 'stem_1', 'scale') ->
+  'stem.1.weight', ('params', 'cls_token') -> 'cls_token'.
+  """
+  collection, *modules, leaf = path
+  if collection != 'params':
+    raise PretrainedError(f'no timm name for {"/".join(path)}')
+  return '.'.join([re.sub(r'_(\d+)$', r'.\1', m) for m in modules]
+                  + [TIMM_LEAVES.get(leaf, leaf)])
+
+
+def _resnet_names(arch):
+  constructor = models.MODELS[arch]
+  return lambda path: torch_name(
+      path, constructor.keywords['stage_sizes'],
+      CONVS_PER_BLOCK[constructor.keywords['block'].__name__])
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """What differs between architecture families' torch weights.
+
+  Attributes:
+    naming: what `detect_naming` calls these keys.
+    marks: keys every state dict of the family has.
+    described: the naming in words, for errors.
+    head: regex (re.search) of the classifier's keys; it must match no key
+      of another family (HEAD_REGEXES holds them all).
+    stem_key: the first convolution, adapted to the images' channels.
+    names: arch -> (Flax variable path -> torch key).
+  """
+  naming: str
+  marks: tuple[str, ...]
+  described: str
+  head: str
+  stem_key: str
+  names: Callable[[str], Callable[[tuple[str, ...]], str]]
+
+
+FAMILIES = {
+    'resnet': Family(
+        'torchvision', ('conv1.weight', 'layer1.0.conv1.weight'),
+        'torchvision/timm ResNet naming (conv1, bn1, layer1.0.conv1, '
+        'layer1.0.downsample.0, fc)', r'^fc\.', 'conv1.weight',
+        _resnet_names),
+    'vit': Family(
+        'timm_vit', ('patch_embed.proj.weight', 'blocks.0.attn.qkv.weight'),
+        'timm ViT naming (cls_token, pos_embed, patch_embed.proj, '
+        'blocks.0.attn.qkv, norm, head)', r'^head\.(weight|bias)$',
+        'patch_embed.proj.weight', lambda arch: timm_name),
+    'convnext': Family(
+        'timm_convnext', ('stem.0.weight', 'stages.0.blocks.0.conv_dw.weight'),
+        'timm ConvNeXt naming (stem.0, stages.0.blocks.0.conv_dw, '
+        'stages.1.downsample.0, head.norm, head.fc)', r'^head\.fc\.',
+        'stem.0.weight', lambda arch: timm_name),
+}
+# Every family's classifier, left new by default (fine-tuning is usually on
+# other classes); each pattern matches its own family's keys only.
+HEAD_REGEXES = tuple(family.head for family in FAMILIES.values())
+
+
 def _torch_layout(path, shape):
   """The torch shape of a Flax variable: OIHW for convolutions, (out, in)
   for dense kernels."""
@@ -350,33 +429,60 @@ def _flax_layout(array):
   return array.T if array.ndim == 2 else array
 
 
-def _adapt_stem(kernel, in_chans):
+def _adapt_stem(name, kernel, in_chans):
   """timm's adapt_input_conv: the stem for `in_chans` input channels."""
   if in_chans == 1:
     return kernel.sum(axis=1, keepdims=True), (
-        f'{STEM_KEY} summed over its {kernel.shape[1]} input channels for '
+        f'{name} summed over its {kernel.shape[1]} input channels for '
         f'1-channel images (as timm does)')
   repeat = -(-in_chans // kernel.shape[1])
   adapted = np.tile(kernel, (1, repeat, 1, 1))[:, :in_chans]
   return adapted * (kernel.shape[1] / in_chans), (
-      f'{STEM_KEY} repeated to {in_chans} input channels and scaled by '
+      f'{name} repeated to {in_chans} input channels and scaled by '
       f'{kernel.shape[1]}/{in_chans} (as timm does)')
 
 
-def _fit(name, array, want):
+def _resample_pos_embed(array, want):
+  """timm's resample_abs_pos_embed: the patch part of (1, 1 + N, D)
+  position embeddings resized as an image to the model's grid, the class
+  token's kept; (None, why) where a grid is not square."""
+  old, new = array.shape[1] - 1, want[1] - 1
+  old_side, new_side = int(round(old ** 0.5)), int(round(new ** 0.5))
+  if old_side ** 2 != old or new_side ** 2 != new:
+    return None, (f'{POS_EMBED_KEY} {_shape(array.shape)} (model '
+                  f'{_shape(want)}; only square grids of patches are '
+                  f'resampled)')
+  grid = array[0, 1:].reshape(old_side, old_side, array.shape[2])
+  grid = jax.image.resize(grid, (new_side, new_side, array.shape[2]),
+                          method='bicubic', antialias=True)
+  return np.concatenate([array[:, :1], np.asarray(grid, np.float32).reshape(
+      1, new, array.shape[2])], axis=1), (
+          f'{POS_EMBED_KEY} resampled from a {old_side}x{old_side} to a '
+          f'{new_side}x{new_side} grid of patches (bicubic, as timm does), '
+          f'the class token\'s kept')
+
+
+def _fit(name, array, want, stem_key):
   """(array to load, a note or '') or (None, why it cannot load) for torch
   key `name` whose shape in the model, in torch layout, is `want`."""
   if array.shape == want:
     return array, ''
-  if (name == STEM_KEY and array.ndim == 4
+  if array.ndim == 4 and array.shape[2:] == (1, 1) and (
+      array.shape[:2] == want):
+    # A 1x1 convolution (timm's conv_mlp) is a Dense layer.
+    return array.reshape(want), ''
+  if (name == stem_key and array.ndim == 4
       and array.shape[:1] + array.shape[2:] == want[:1] + want[2:]):
-    return _adapt_stem(array, want[1])
+    return _adapt_stem(name, array, want[1])
+  if (name == POS_EMBED_KEY and array.ndim == 3
+      and (array.shape[0], array.shape[2]) == (want[0], want[2])):
+    return _resample_pos_embed(array, want)
   return None, f'{name} {_shape(array.shape)} (model {_shape(want)})'
 
 
-def _other_classes(name, shape, want):
+def _other_classes(name, shape, want, head):
   """Whether `name` is the head, sized for another number of classes."""
-  return name.startswith(HEAD + '.') and shape != want and (
+  return bool(re.search(head, name)) and shape != want and (
       shape[1:] == want[1:])
 
 
@@ -386,7 +492,7 @@ def to_flax(state_dict: Mapping[str, np.ndarray], arch: str, variables, *,
 
   Args:
     state_dict: {torch key: array}, as `read_state_dict` gives it.
-    arch: a name in ARCHS ('resnet18', 'resnet34', 'resnet50').
+    arch: a name in ARCHS ('resnet50', 'vit_small', 'convnext_tiny', ...).
     variables: the model's initialised variables ({'params', 'batch_stats'});
       they set every shape and keep their values where nothing is loaded.
     exclude_regexes: patterns (re.search) of torch keys to leave new;
@@ -403,11 +509,15 @@ def to_flax(state_dict: Mapping[str, np.ndarray], arch: str, variables, *,
   if arch not in ARCHS or arch not in models.MODELS:
     raise PretrainedError(f'no torchvision/timm counterpart for model '
                           f'{arch!r}; accepted: {", ".join(ARCHS)}')
-  detect_naming(state_dict)
-  stage_sizes = models.MODELS[arch].keywords['stage_sizes']
+  family = FAMILIES[ARCHS[arch]]
+  naming = detect_naming(state_dict)
+  if naming != family.naming:
+    theirs = next(f for f in FAMILIES.values() if f.naming == naming)
+    raise PretrainedError(f'these weights are in {theirs.described}; {arch} '
+                          f'takes {family.described}')
+  torch_key = family.names(arch)
   template = traverse_util.flatten_dict(flax.core.unfreeze(variables))
-  names = {path: torch_name(path, stage_sizes, ARCHS[arch])
-           for path in template}
+  names = {path: torch_key(path) for path in template}
   out, loaded, left_new, notes = dict(template), [], {}, []
   missing, wrong = [], []
   for path, name in names.items():
@@ -418,11 +528,11 @@ def to_flax(state_dict: Mapping[str, np.ndarray], arch: str, variables, *,
       left_new[flax_path] = f'excluded by {rx}'
     elif array is None:
       missing.append(name)
-    elif _other_classes(name, array.shape, want):
+    elif _other_classes(name, array.shape, want, family.head):
       left_new[flax_path] = (f'{array.shape[0]} classes in the weights, '
                              f'{want[0]} in the model')
     else:
-      array, why = _fit(name, array, want)
+      array, why = _fit(name, array, want, family.stem_key)
       if array is None:
         wrong.append(why)
         continue

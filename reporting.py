@@ -24,6 +24,7 @@ import numpy as np
 import data_sources
 import distributed
 import input_pipeline
+import models
 import runtime
 import steps
 import workdir_files
@@ -59,6 +60,8 @@ class Progress:
   runtime_changes: list = dataclasses.field(default_factory=list)
   # Where the first weights came from (warm_start.Source.record), or None.
   initialized_from: Optional[dict] = None
+  # An import-path model's file and its SHA-256, or None.
+  model_code: Optional[dict] = None
 
   @classmethod
   def from_meta(cls, meta: Optional[dict],
@@ -71,7 +74,8 @@ class Progress:
                    train_seconds=meta['elapsed']['train_seconds'],
                    earlier_wall_seconds=meta['elapsed']['wall_seconds'],
                    runtime_changes=list(meta.get('runtime_changes', [])),
-                   initialized_from=meta.get('initialized_from'))
+                   initialized_from=meta.get('initialized_from'),
+                   model_code=meta.get('model_code'))
     before = meta.get('runtime')  # Older checkpoints did not record it.
     if before is not None and before != progress.runtime:
       changed = {k: [before.get(k), v] for k, v in progress.runtime.items()
@@ -94,6 +98,7 @@ class Progress:
     runtime."""
     return {'history': self.history, 'signature': signature,
             'config': config, 'initialized_from': self.initialized_from,
+            'model_code': self.model_code,
             'elapsed': {'train_seconds': self.train_seconds,
                         'wall_seconds': self.wall_seconds},
             'runtime': self.runtime, 'runtime_changes': self.runtime_changes}
@@ -145,7 +150,7 @@ def log_model(model: nn.Module, name: str, image_shape):
   its layers, parameters and FLOPs (hundreds of lines for a ResNet)."""
   images = jnp.ones([1] + list(image_shape))
   shapes = jax.eval_shape(functools.partial(model.init, train=False),
-                          jax.random.PRNGKey(0), images)
+                          models.init_keys(jax.random.PRNGKey(0)), images)
   count = sum(int(np.prod(leaf.shape)) for leaf in
               jax.tree.leaves(shapes.get('params', {})))
   logging.info('Model %s: %s parameters (%.1f MB as float32)%s', name,
@@ -204,7 +209,8 @@ def write_results(workdir: str, dataset, progress: Progress,
                   state: steps.TrainState, mesh: distributed.Mesh, *,
                   total_steps: int, batch_size: int, eval_batch_size: int,
                   use_ema: bool, best_step: Optional[int],
-                  config: dict) -> dict:
+                  config: dict, stop_reason: str = 'finished',
+                  eval_flip: bool = False) -> dict:
   """Writes summary.json, metrics.png and predictions.png; returns summary.
 
   Args:
@@ -219,13 +225,17 @@ def write_results(workdir: str, dataset, progress: Progress,
     use_ema: predict with the EMA variables.
     best_step: the best checkpoint, as the checkpoint manager ranks it.
     config: the run's config, as a dict.
+    stop_reason: 'finished', or 'early_stopping' for a run that stopped
+      before its last step.
+    eval_flip: predict on the mean logits of each image and its mirror.
   """
   final = progress.history[-1]
   split = dataset.selection_split
   best = next((h for h in progress.history if h['step'] == best_step),
               None)
   summary = {
-      'final_step': total_steps, 'epoch': final['epoch'],
+      'final_step': total_steps, 'stop_reason': stop_reason,
+      'epoch': final['epoch'],
       **{k: v for k, v in final.items()
          if k.startswith(('train_', 'validation_', 'test_'))},
       # The best checkpoint is chosen on the split `best_chosen_on`; its
@@ -247,6 +257,7 @@ def write_results(workdir: str, dataset, progress: Progress,
                   'malloc': runtime.malloc_applied or 'unchanged'},
       'resumed_under_another_runtime': progress.runtime_changes,
       'initialized_from': progress.initialized_from,
+      'model_code': progress.model_code,
   }
   plotted = data_sources.Subset(dataset.test,
                                 plotted_examples(len(dataset.test)))
@@ -254,7 +265,8 @@ def write_results(workdir: str, dataset, progress: Progress,
   batch = -(-len(plotted) // jax.device_count()) * jax.device_count()
   test_images, _, _ = next(input_pipeline.eval_batches(
       plotted, batch, jax.process_index(), jax.process_count()))
-  predict = jax.jit(functools.partial(steps.predict_step, use_ema=use_ema))
+  predict = jax.jit(functools.partial(steps.predict_step, use_ema=use_ema,
+                                      flip=eval_flip))
   logits = predict(state, *mesh.put_batch(test_images))
   logits = multihost_utils.process_allgather(logits, tiled=True)
   if jax.process_index() == 0:

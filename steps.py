@@ -26,6 +26,7 @@ import optax
 import augmentation
 import distributed
 import faults
+import imported_models
 import input_pipeline
 import models
 import optimizers
@@ -124,7 +125,7 @@ def state_initializer(model: nn.Module, tx: optax.GradientTransformation,
 
   def init(seed_key):
     init_rng, rng = jax.random.split(seed_key)
-    variables = dict(model.init({'params': init_rng}, dummy))
+    variables = dict(model.init(models.init_keys(init_rng), dummy))
     params = variables.pop('params')
     state = TrainState.create(
         apply_fn=apply_fn, params=params, tx=tx, model_state=variables,
@@ -158,6 +159,30 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
 
 
+class FrozenNormError(ValueError):
+  """freeze matches a BatchNorm that cannot be switched to its running
+  statistics."""
+
+
+def check_frozen_norms(model: nn.Module, image_shape, freeze: str):
+  """Raises FrozenNormError if a training step of `model` with `freeze`
+  could not hold the frozen BatchNorm statistics (traced abstractly, no
+  compile)."""
+  if not freeze:
+    return
+  images = jnp.ones((2, *image_shape))
+  keys = models.init_keys(jax.random.PRNGKey(0))
+
+  def step(variables):
+    with nn.intercept_methods(_frozen_norms(freeze)):
+      return model.apply(variables, images, train=True,
+                         mutable=list(set(variables) - {'params'}),
+                         rngs={'dropout': keys['dropout']})
+
+  jax.eval_shape(step, jax.eval_shape(
+      functools.partial(model.init, train=False), keys, images))
+
+
 def _frozen_norms(freeze: str):
   """A Flax method interceptor that runs each BatchNorm whose parameters
   `freeze` matches on its running statistics, as in eval: a frozen part
@@ -169,7 +194,17 @@ def _frozen_norms(freeze: str):
         isinstance(module, nn.BatchNorm) and any(
             optimizers.is_frozen('/'.join([*module.path, name]), freeze)
             for name in ('scale', 'bias'))):
+      if module.use_running_average is not None:
+        raise FrozenNormError(
+            f'freeze {freeze!r} matches {"/".join(module.path)}, a BatchNorm '
+            f'built with use_running_average, whose statistics cannot then '
+            f'be held while the rest trains; accepted: a freeze that leaves '
+            f'it out, or the model passing it at call time: nn.BatchNorm()('
+            f'x, use_running_average=not train)')
       kwargs = {**kwargs, 'use_running_average': True}
+    elif (context.method_name == '__call__' and 'nnx_method' not in kwargs
+          and isinstance(module, imported_models.NNXModel)):
+      kwargs = {**kwargs, 'freeze': freeze}  # It switches its own layers.
     return next_fun(*args, **kwargs)
 
   return interceptor
@@ -178,8 +213,15 @@ def _frozen_norms(freeze: str):
 def train_step(state: TrainState, images, labels, *,
                label_smoothing: float = 0.0, ema_decay: float = 0.0,
                augment: str = 'none', freeze: str = '',
-               augment_kwargs: Optional[dict] = None) -> TrainState:
+               augment_kwargs: Optional[dict] = None,
+               num_classes: int = 0, class_weights=None) -> TrainState:
   """One optimizer step; loss and metrics come from the same forward pass.
+
+  With mixup or CutMix in `augment` the loss is against the mixed (soft)
+  targets of `num_classes` classes, and the accuracy against each mixed
+  image's dominant label. `class_weights` (a tuple, one per class) weighs
+  each example's loss by its class (by its targets' mix of classes): the
+  mean over the batch of weight * loss.
 
   Dropout and augmentation draw from fold_in(rng, step), so a resumed step
   draws the same bits; BatchNorm statistics (any mutable collection) are
@@ -188,8 +230,15 @@ def train_step(state: TrainState, images, labels, *,
   """
   dropout_rng, augment_rng = jax.random.split(
       jax.random.fold_in(state.rng, state.step))
-  images = augmentation.augment(augmentation.to_float(images), augment_rng,
-                                augment, augment_kwargs)
+  targets = None  # Soft targets, when the augmentation mixes labels.
+  if augmentation.mixes(augment):
+    images, targets = augmentation.augment(
+        augmentation.to_float(images), augment_rng, augment, augment_kwargs,
+        targets=jax.nn.one_hot(labels, num_classes))
+    labels = targets.argmax(-1)  # Accuracy: against the dominant label.
+  else:
+    images = augmentation.augment(augmentation.to_float(images), augment_rng,
+                                  augment, augment_kwargs)
   mutable = list(state.model_state)
 
   def loss_fn(params):
@@ -198,8 +247,15 @@ def train_step(state: TrainState, images, labels, *,
       logits, model_state = state.apply_fn(
           {'params': params, **state.model_state}, images, train=True,
           mutable=mutable, rngs={'dropout': dropout_rng})
-    losses = cross_entropy(logits, labels, label_smoothing)
-    return losses.mean(), (losses, logits, model_state)
+    losses = (cross_entropy(logits, labels, label_smoothing)
+              if targets is None else optax.softmax_cross_entropy(
+                  logits.astype(jnp.float32),
+                  optax.smooth_labels(targets, label_smoothing)))
+    if class_weights is None:
+      return losses.mean(), (losses, logits, model_state)
+    weights = jnp.asarray(class_weights, jnp.float32)
+    weights = (weights[labels] if targets is None else targets @ weights)
+    return (weights * losses).mean(), (losses, logits, model_state)
 
   grads, (losses, logits, model_state) = jax.grad(loss_fn, has_aux=True)(
       state.params)
@@ -250,22 +306,33 @@ def update_ema(ema, variables, opt_state, step, decay: float):
 
 
 def eval_step(state: TrainState, images, labels, mask, *,
-              use_ema: bool = False) -> metrics.Collection:
+              use_ema: bool = False, flip: bool = False) -> metrics.Collection:
   return eval_and_predict_step(state, images, labels, mask,
-                               use_ema=use_ema)[0]
+                               use_ema=use_ema, flip=flip)[0]
 
 
-def predict_step(state: TrainState, images, *, use_ema: bool = False):
-  logits = state.apply_fn(state.eval_variables(use_ema),
-                          augmentation.to_float(images), train=False)
-  return logits.astype(jnp.float32)
+def eval_logits(state: TrainState, images, *, use_ema: bool = False,
+                flip: bool = False):
+  """The model's float32 logits in eval mode; with `flip` (config.eval_flip)
+  the mean of those of the images and their left-right mirrors."""
+  variables = state.eval_variables(use_ema)
+  images = augmentation.to_float(images)
+  logits = state.apply_fn(variables, images, train=False).astype(jnp.float32)
+  if flip:
+    mirrored = state.apply_fn(variables, images[:, :, ::-1], train=False)
+    logits = (logits + mirrored.astype(jnp.float32)) / 2
+  return logits
+
+
+def predict_step(state: TrainState, images, *, use_ema: bool = False,
+                 flip: bool = False):
+  return eval_logits(state, images, use_ema=use_ema, flip=flip)
 
 
 def eval_and_predict_step(state: TrainState, images, labels, mask, *,
-                          use_ema: bool = False):
+                          use_ema: bool = False, flip: bool = False):
   """(eval_step's metrics, the predicted class of each example)."""
-  logits = state.apply_fn(state.eval_variables(use_ema),
-                          augmentation.to_float(images), train=False)
+  logits = eval_logits(state, images, use_ema=use_ema, flip=flip)
   losses = cross_entropy(logits, labels)
   return type(state.epoch_metrics).single_from_model_output(
       loss=losses, logits=logits.astype(jnp.float32), labels=labels,
@@ -275,7 +342,8 @@ def eval_and_predict_step(state: TrainState, images, labels, mask, *,
 def jit_steps(mesh: distributed.Mesh, *, label_smoothing: float = 0.0,
               ema_decay: float = 0.0, use_ema: bool = False,
               augment: str = 'none', freeze: str = '',
-              augment_kwargs: Optional[dict] = None):
+              augment_kwargs: Optional[dict] = None, num_classes: int = 0,
+              eval_flip: bool = False, class_weights=None):
   """The jitted (train_step, eval_step) every caller uses.
 
   The state is donated to the train step. Outputs are pinned replicated, so
@@ -285,9 +353,12 @@ def jit_steps(mesh: distributed.Mesh, *, label_smoothing: float = 0.0,
                                     label_smoothing=label_smoothing,
                                     ema_decay=ema_decay, augment=augment,
                                     freeze=freeze,
-                                    augment_kwargs=augment_kwargs),
+                                    augment_kwargs=augment_kwargs,
+                                    num_classes=num_classes,
+                                    class_weights=class_weights),
                   donate_argnums=0, out_shardings=mesh.replicated),
-          jax.jit(functools.partial(eval_step, use_ema=use_ema),
+          jax.jit(functools.partial(eval_step, use_ema=use_ema,
+                                    flip=eval_flip),
                   out_shardings=mesh.replicated))
 
 
@@ -310,7 +381,7 @@ def create_optimizer_and_schedule(optimizer: str, learning_rate: float,
   tx = optimizers.create_optimizer(
       optimizer, schedule, momentum=momentum, weight_decay=weight_decay,
       grad_clip_norm=grad_clip_norm, grad_accum_steps=accum, freeze=freeze,
-      lr_multipliers=lr_multipliers)
+      lr_multipliers=lr_multipliers, plateau=lr_schedule == 'plateau')
   return tx, lambda step: schedule(step // accum)
 
 

@@ -22,12 +22,15 @@ import numpy as np
 
 import checkpointing
 import config_rules
+import controls
 import data_sources
 import distributed
 import event_files
 import faults
+import imported_models
 import input_pipeline
 import models
+import optimizers
 import preemption
 import reporting
 import runtime
@@ -62,6 +65,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     preemption.Preempted: a signal stopped the run after saving a
       checkpoint.
   """
+  # A model file's path made absolute, for config.json and the checkpoint.
+  config.model = imported_models.canonical(config.model)
   config_rules.validate_config(config, jax.device_count(),
                                jax.process_count())
   config_rules.warn_unused(config)
@@ -88,6 +93,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                     'examples')
   model = models.create_model(config.model, dataset.num_classes,
                               **config.model_kwargs.to_dict())
+  config_rules.check_model(config, model, dataset.train.image_shape,
+                           dataset.num_classes)
+  try:
+    class_weights = controls.class_weights(
+        config.class_weights, data_sources.labels_of(dataset.train),
+        dataset.num_classes)
+  except controls.ControlError as e:
+    raise config_rules.ConfigError(str(e)) from None
+  watched = config_rules.watched_metric(config, dataset.validation is not None)
+  if (config.early_stopping_patience or config.lr_schedule == 'plateau') and (
+      watched.startswith('test_')):
+    logging.warning('Early stopping and the plateau schedule watch %s: '
+                    'deciding on the test set is optimistic; set '
+                    'validation_fraction to decide on held-out training '
+                    'examples', watched)
   tx, lr_fn = steps.create_optimizer_and_schedule(
       total_steps=total_steps, warmup_steps=warmup_steps,
       **steps.optimizer_options(config))
@@ -102,7 +122,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   with _lock(workdir):
     return _train(config, workdir, dataset, model, tx, lr_fn, signature,
-                  steps_per_epoch, total_steps, eval_batch_size, fresh)
+                  steps_per_epoch, total_steps, eval_batch_size, fresh,
+                  class_weights, watched)
 
 
 def _warm_start(config, workdir, model, tx, dataset):
@@ -130,6 +151,23 @@ def _warm_start(config, workdir, model, tx, dataset):
   return warm_start.start_from(state, variables, tx), source
 
 
+def _check_model_code(name: str, progress, meta):
+  """Records the SHA-256 of an import-path model's file in the progress
+  (hence the checkpoint); says so when a resumed run's file has changed
+  since its checkpoint (bitwise resume holds only for the same code)."""
+  digest = imported_models.file_sha256(name)
+  if not digest:
+    return
+  before = (meta or {}).get('model_code', {}).get('sha256')
+  if before and before != digest:
+    logging.warning('%s has changed since the checkpoint was written (its '
+                    'SHA-256 was %s, now %s): the resumed run is not bitwise '
+                    'an uninterrupted one', imported_models.resolve(name).file,
+                    before[:12], digest[:12])
+  progress.model_code = {'file': imported_models.resolve(name).file,
+                         'sha256': digest}
+
+
 def _lock(workdir: str):
   """Holds the workdir for this run (process 0 speaks for all processes)."""
   if jax.process_index() == 0:
@@ -138,7 +176,8 @@ def _lock(workdir: str):
 
 
 def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
-           steps_per_epoch, total_steps, eval_batch_size, fresh=None):
+           steps_per_epoch, total_steps, eval_batch_size, fresh=None,
+           class_weights=None, watched='test_accuracy'):
   """train_and_evaluate once the data is loaded and the workdir is held."""
   is_main = jax.process_index() == 0
   image_shape = list(dataset.train.image_shape)
@@ -151,6 +190,7 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
   progress = reporting.Progress.from_meta(meta, start_step)
   if meta is None and fresh:
     progress.initialized_from = fresh[1].record()
+  _check_model_code(config.model, progress, meta)
   if meta is not None:
     logging.info('Resumed from step %d in %s', start_step, checkpoint_dir)
     config_rules.log_config_changes(meta.get('config', {}), config,
@@ -158,13 +198,30 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
   manager = checkpointing.create_manager(checkpoint_dir,
                                          config.max_checkpoints_to_keep)
 
-  def write_results(state, final_step):
+  def write_results(state, final_step, stop_reason='finished'):
     return reporting.write_results(
         workdir, dataset, progress, state, mesh, total_steps=final_step,
         batch_size=config.batch_size, eval_batch_size=eval_batch_size,
         use_ema=config.eval_with_ema, best_step=manager.best_step(),
-        config=config.to_dict())
+        config=config.to_dict(), stop_reason=stop_reason,
+        eval_flip=config.eval_flip)
 
+  def stops_early(history):
+    return controls.should_stop(history, watched,
+                                config.early_stopping_patience,
+                                config.early_stopping_min_delta)
+
+  if meta is not None and start_step < total_steps and stops_early(
+      progress.history):
+    epoch = progress.history[-1]['epoch']
+    logging.info('Run in %s stopped early at epoch %.2f (step %d): %s has '
+                 'not improved for %d epochs; nothing to train', workdir,
+                 epoch, start_step, watched, config.early_stopping_patience)
+    summary = None
+    if not os.path.isfile(os.path.join(workdir, workdir_files.SUMMARY)):
+      summary = write_results(state, start_step, 'early_stopping')
+    manager.close()
+    return summary
   if start_step >= total_steps and (meta is not None or total_steps > 0):
     summary = None
     if os.path.isfile(os.path.join(workdir, workdir_files.SUMMARY)):
@@ -185,7 +242,9 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
       dataset.train, config.batch_size, config.seed, start_step,
       total_steps - start_step, mesh,
       prefetch_batches=config.prefetch_batches,
-      on_device=config.data_on_device)
+      on_device=config.data_on_device,
+      balanced_labels=data_sources.labels_of(dataset.train)
+      if config.sampling == 'balanced' else None)
   if is_main:
     # Points logged after the restored step by a killed session go, so the
     # resumed session writes each (tag, step) exactly once.
@@ -206,7 +265,9 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
       mesh, label_smoothing=config.label_smoothing,
       ema_decay=config.ema_decay, use_ema=config.eval_with_ema,
       augment=config.augment, freeze=config.freeze,
-      augment_kwargs=config.augment_kwargs.to_dict())
+      augment_kwargs=config.augment_kwargs.to_dict(),
+      num_classes=dataset.num_classes, eval_flip=config.eval_flip,
+      class_weights=class_weights)
   report_progress = reporting.ReportProgress(total_steps, writer)
   logging.info('Training steps %d..%d (%d per epoch, batch %d on %d %s '
                'device%s); compiling the step first (seconds; tens of '
@@ -214,6 +275,7 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
                steps_per_epoch, config.batch_size, jax.device_count(),
                jax.default_backend(), 's' if jax.device_count() > 1 else '')
   wait_each_step = distributed.one_step_in_flight()
+  early_stop = False
   window_start, window_steps = time.time(), 0
 
   with preemption.PreemptionHandler() as stop_signal, _finish_saves_on_error(
@@ -248,8 +310,11 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
         check_finite(state, checkpoint_dir)
         seconds = time.time() - window_start
         progress.train_seconds += seconds
+        learning_rate = float(lr_fn(step))
+        if config.lr_schedule == 'plateau':
+          learning_rate *= float(optimizers.plateau_factor(state.opt_state))
         state = reporting.log_train_window(
-            writer, state, done, float(lr_fn(step)),
+            writer, state, done, learning_rate,
             window_steps * config.batch_size / seconds, mesh)
         faults.trigger('log', done)
       if epoch_end:
@@ -258,6 +323,11 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
                        for split, data in dataset.eval_splits().items()}
         state = reporting.end_epoch(writer, state, done, steps_per_epoch,
                                     evaluations, progress.history, mesh)
+        if config.lr_schedule == 'plateau':
+          state = _cut_on_plateau(state, progress.history, watched, config,
+                                  mesh)
+      early_stop = epoch_end and not is_last and stops_early(
+          progress.history)
       stop = stop_signal.requested(every_step=not log_now)
       if stop and not log_now:  # The partial window's time is kept too.
         progress.train_seconds += time.time() - window_start
@@ -270,6 +340,14 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
              checkpoint_dir, {f'{split}_accuracy': metrics['accuracy']
                               for split, metrics in evaluations.items()}
              if epoch_end else None)
+      if early_stop:
+        logging.info('stopped early at epoch %.2f (step %d): %s has not '
+                     'improved by more than %g for %d epochs',
+                     done / steps_per_epoch, done, watched,
+                     config.early_stopping_min_delta,
+                     config.early_stopping_patience)
+        total_steps = done
+        break
       if stop and not is_last:
         checkpointing.wait(manager)
         writer.close()
@@ -282,7 +360,8 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
     checkpointing.wait(manager)
 
   faults.trigger('results', total_steps)
-  summary = write_results(state, total_steps)
+  summary = write_results(state, total_steps,
+                          'early_stopping' if early_stop else 'finished')
   manager.close()
   writer.close()
   logging.info('Done: %s; last step %d: test accuracy %.4f; %.1f s wall, '
@@ -291,6 +370,21 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
                summary['train_images_per_second'],
                os.path.join(workdir, workdir_files.SUMMARY))
   return summary
+
+
+def _cut_on_plateau(state, history, watched, config, mesh):
+  """The state with the plateau schedule's factor for `history`, logged
+  when it changes."""
+  cuts = controls.plateau_reductions(history, watched,
+                                     config.plateau_patience,
+                                     config.plateau_min_delta)
+  factor = np.float32(config.plateau_factor) ** cuts
+  if factor != float(optimizers.plateau_factor(state.opt_state)):
+    logging.info('No improvement of %s for %d epochs: learning rate cut to '
+                 '%g', watched, config.plateau_patience,
+                 config.learning_rate * factor)
+  return state.replace(opt_state=optimizers.set_plateau_factor(
+      state.opt_state, mesh.put_replicated(np.asarray(factor, np.float32))))
 
 
 def _best_line(summary: dict) -> str:

@@ -33,7 +33,9 @@ import workdir_files
 # of ours (init_exclude empty): the last Dense layer of each.
 HEADS = {'cnn': r'^Dense_1/', 'mlp': r'^Dense_1/', 'resnet18': r'^Dense_0/',
          'resnet34': r'^Dense_0/', 'resnet50': r'^Dense_0/',
-         'resnet20': r'^Dense_0/'}
+         'resnet20': r'^Dense_0/', 'vit_tiny': r'^head/',
+         'vit_small': r'^head/', 'vit_base': r'^head/',
+         'convnext_atto': r'^head/fc/', 'convnext_tiny': r'^head/fc/'}
 ACCEPTED = ('accepted: a training workdir (its best checkpoint; W:latest or '
             'W:STEP for another), a checkpoint folder W/checkpoints/STEP, a '
             '.safetensors or PyTorch (.pth, .pt, .bin) state dict, or '

@@ -41,12 +41,13 @@ def get_config():
   # training set on the (single-process) devices and gathers batches there.
   config.prefetch_batches = 2
   config.data_on_device = False
-  # A name from models.MODELS; model_kwargs go to its constructor (each model
-  # takes dropout_rate and dtype, float32 or bfloat16; ResNets also stem,
-  # widths, ...).
+  # A name from models.MODELS, or an import path of your own Flax module
+  # (package.module:ClassName or path/to/file.py:ClassName). model_kwargs
+  # go to its constructor, only those set here or on the command line (the
+  # table models take dropout_rate and dtype, float32 or bfloat16; ResNets
+  # also stem, widths, ...).
   config.model = 'cnn'
-  config.model_kwargs = ml_collections.ConfigDict(
-      {'dropout_rate': 0.0, 'dtype': 'float32'})
+  config.model_kwargs = ml_collections.ConfigDict()
   # sgd (uses `momentum`; 0 means plain SGD), momentum (sgd, momentum > 0),
   # adam, adamw. weight_decay (sgd, momentum: added to the gradient; adamw:
   # decoupled) skips biases and normalization parameters.
@@ -54,9 +55,28 @@ def get_config():
   config.learning_rate = 0.01
   config.momentum = 0.9
   config.weight_decay = 0.0
-  # constant, cosine or warmup_cosine (linear warm-up for warmup_epochs).
+  # constant, cosine, warmup_cosine (linear warm-up for warmup_epochs) or
+  # plateau: constant, times plateau_factor each time the selection metric
+  # (or early_stopping_metric) has not improved by more than
+  # plateau_min_delta for plateau_patience epochs.
   config.lr_schedule = 'constant'
   config.warmup_epochs = 0.0
+  config.plateau_patience = 3
+  config.plateau_factor = 0.1
+  config.plateau_min_delta = 0.0
+  # Early stopping (patience 0: off): stop when early_stopping_metric (''
+  # = the selection metric: validation_accuracy with a validation split,
+  # else test_accuracy; or e.g. validation_loss) has not improved by more
+  # than early_stopping_min_delta for that many epochs.
+  config.early_stopping_patience = 0
+  config.early_stopping_min_delta = 0.0
+  config.early_stopping_metric = ''
+  # Loss weight per class: '' (none), balanced (N / (classes * count)) or
+  # one number per class, '1,1,10'.
+  config.class_weights = ''
+  # uniform: each epoch a permutation of the training set; balanced: each
+  # batch drawn with replacement, every class equally likely.
+  config.sampling = 'uniform'
   # The first weights: '' (random, from seed); a workdir of an earlier run
   # (its best checkpoint; W:latest, W:STEP) or a checkpoint folder; a
   # torchvision/timm ResNet state dict (.safetensors, .pth); or
@@ -82,14 +102,22 @@ def get_config():
   # checkpoint and predicts with the averaged parameters.
   config.ema_decay = 0.0
   config.eval_with_ema = False
-  # On-device training augmentation: none, crop (pad 4 and crop back at
-  # random), crop_flip (and mirror half the images; not for digits) or rrc
-  # (a random box of each image resized back, and the mirror: fine-tuning).
+  # On-device training augmentation, none or a comma-separated list of
+  # steps applied in order: crop (pad 4 and crop back at random), crop_flip
+  # (and mirror half the images; not for digits), rrc (a random box resized
+  # back, and the mirror: fine-tuning), randaugment, random_erasing, mixup,
+  # cutmix (both: one of them per batch), e.g. 'crop_flip,randaugment,mixup'.
   config.augment = 'none'
-  # The augmentation's options: rrc takes scale (share of the area, default
-  # 0.08,1) and ratio (width:height, default 0.75,1.333), e.g.
-  # --config.augment_kwargs.scale=0.25,1.
+  # The steps' options, e.g. --config.augment_kwargs.mixup_alpha=0.2: rrc
+  # scale (0.08,1), ratio (0.75,1.333); randaugment randaugment_ops (2),
+  # randaugment_magnitude (9 of 10), randaugment_prob (0.5); random_erasing
+  # erasing_prob (0.25), erasing_area (0.02,0.333), erasing_ratio
+  # (0.3,3.3); mixup mixup_alpha (0.8); cutmix cutmix_alpha (1); both
+  # mix_prob (1), mix_switch_prob (0.5: CutMix's share when both).
   config.augment_kwargs = ml_collections.ConfigDict()
+  # Evaluate (each epoch, eval and predict) on the mean logits of each image
+  # and its mirror; not for digits or text.
+  config.eval_flip = False
   config.batch_size = 32
   config.eval_batch_size = 1000
   config.num_epochs = 10

@@ -141,3 +141,106 @@ def test_bad_rrc_options_are_named(options, message):
 def test_crop_takes_no_options():
   with pytest.raises(ValueError, match="accepted: none"):
     augmentation.check_options('crop', {'scale': (0.5, 1)})
+
+
+RECIPE = 'crop_flip,randaugment,mixup,cutmix,random_erasing'
+
+
+def _targets(n=8, classes=4):
+  return jax.nn.one_hot(jnp.arange(n) % classes, classes)
+
+
+# randaugment is in RECIPE (and in randaugment_test.py): its program takes
+# seconds to compile.
+@pytest.mark.parametrize('kind', ['random_erasing', 'mixup', 'cutmix',
+                                  RECIPE])
+def test_each_step_is_a_function_of_the_key(kind):
+  x = jax.random.uniform(jax.random.PRNGKey(0), (8, 16, 16, 3))
+  fn = jax.jit(lambda x, key: augmentation.augment(
+      x, key, kind, {'erasing_prob': 1.0}, targets=_targets()))
+  a_images, a_targets = fn(x, jax.random.PRNGKey(1))
+  b_images, b_targets = fn(x, jax.random.PRNGKey(1))
+  np.testing.assert_array_equal(a_images, b_images)
+  np.testing.assert_array_equal(a_targets, b_targets)
+  assert not np.array_equal(a_images, fn(x, jax.random.PRNGKey(2))[0])
+  assert a_images.shape == x.shape
+  np.testing.assert_allclose(a_targets.sum(-1), 1, rtol=1e-6)
+
+
+def test_mixup_mixes_images_and_targets_by_one_lambda():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (8, 4, 4, 1))
+  images, targets = augmentation.augment(x, jax.random.PRNGKey(3), 'mixup',
+                                         {}, targets=_targets())
+  lam = float(targets[0, 0])  # Image 0 (class 0) meets image 7 (class 3).
+  assert 0 < lam < 1 and float(targets[0, 3]) == pytest.approx(1 - lam)
+  np.testing.assert_allclose(images, lam * x + (1 - lam) * x[::-1],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_cutmix_box_area_is_the_targets_share():
+  x = jnp.zeros((8, 32, 32, 1)).at[4:].set(1.0)  # The reverse is 1s.
+  for seed in range(5):
+    images, targets = augmentation.augment(
+        x, jax.random.PRNGKey(seed), 'cutmix', {}, targets=_targets())
+    pasted = float(images[0].mean())  # Image 0 got a box of image 7.
+    assert float(targets[0, 3]) == pytest.approx(pasted, abs=1e-6)
+    assert float(targets[0, 0]) == pytest.approx(1 - pasted, abs=1e-6)
+
+
+def test_mix_prob_zero_leaves_the_batch():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (8, 8, 8, 1))
+  images, targets = augmentation.augment(
+      x, jax.random.PRNGKey(1), 'mixup,cutmix', {'mix_prob': 0.0},
+      targets=_targets())
+  np.testing.assert_array_equal(images, x)
+  np.testing.assert_array_equal(targets, _targets())
+
+
+def test_random_erasing_fills_one_box_with_noise():
+  x = jnp.full((16, 20, 20, 1), 0.5)
+  out = augmentation.augment(x, jax.random.PRNGKey(0), 'random_erasing',
+                             {'erasing_prob': 1.0, 'erasing_area': (0.25,
+                                                                   0.25)})
+  for image in np.asarray(out):
+    changed = np.argwhere(image[..., 0] != 0.5)
+    rows, cols = np.ptp(changed[:, 0]) + 1, np.ptp(changed[:, 1]) + 1
+    assert len(changed) <= rows * cols <= 20 * 20
+    assert 0.15 * 400 <= rows * cols <= 0.35 * 400  # About a quarter.
+  untouched = augmentation.augment(x, jax.random.PRNGKey(0),
+                                   'random_erasing', {'erasing_prob': 0.0})
+  np.testing.assert_array_equal(untouched, x)
+
+
+def test_one_step_keeps_drawing_from_the_key_itself():
+  """A single step draws as before the pipeline existed: crop_flip alone is
+  bitwise what it was."""
+  x = augmentation.to_float(images())
+  key = jax.random.PRNGKey(4)
+  np.testing.assert_array_equal(augmentation.augment(x, key, 'crop_flip'),
+                                augmentation._crop_flip(x, key))
+
+
+@pytest.mark.parametrize('kind,options,message', [
+    ('crop,flop', {}, "unknown augment step 'flop' in 'crop,flop'; accepted: "
+     'none, or a comma-separated list of crop, crop_flip, rrc'),
+    ('crop,crop', {}, "augment 'crop,crop' names a step twice"),
+    ('mixup', {'mixup_alpha': 0}, 'augment_kwargs.mixup_alpha must be a '
+     'number > 0, got 0'),
+    ('mixup', {'cutmix_alpha': 1.0}, "unknown config key "
+     "'augment_kwargs.cutmix_alpha' for augment mixup; accepted: "
+     'augment_kwargs.mix_prob, augment_kwargs.mix_switch_prob, '
+     'augment_kwargs.mixup_alpha'),
+    ('cutmix', {'mix_prob': 1.5}, 'augment_kwargs.mix_prob must be a number '
+     'in [0, 1], got 1.5'),
+    ('random_erasing', {'erasing_area': (0.5, 2)}, 'augment_kwargs.'
+     'erasing_area must be LOW,HIGH with 0 < LOW <= HIGH <= 1'),
+    ('randaugment', {'randaugment_magnitude': 11}, 'augment_kwargs.'
+     'randaugment_magnitude must be a number in [0, 10], got 11'),
+    ('randaugment', {'randaugment_ops': 0}, 'augment_kwargs.randaugment_ops '
+     'must be an integer from 1 to 13, got 0'),
+])
+def test_bad_steps_and_options_are_named(kind, options, message):
+  with pytest.raises(ValueError) as e:
+    augmentation.check_options(kind, options)
+  assert str(e.value).startswith(message)
+  assert '\n' not in str(e.value)

@@ -78,7 +78,9 @@ def test_kwargs_overrides_reach_a_locked_config():
      "stem); the accepted *_kwargs keys are: augment_kwargs, model_kwargs"),
 ])
 def test_bad_kwargs_overrides_are_one_line(capsys, overrides, expected):
+  config = default.get_config()
+  config.model_kwargs.dropout_rate = 0.0  # As a config file may set it.
   with pytest.raises(SystemExit) as e:
-    cli.apply_kwargs_overrides(default.get_config(), overrides)
+    cli.apply_kwargs_overrides(config, overrides)
   assert e.value.code == cli.EXIT_BAD_INPUT
   assert capsys.readouterr().err == expected + '\n'

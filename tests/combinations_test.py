@@ -103,7 +103,7 @@ def test_pair_config_merges_model_kwargs(image_folder):
   config = pair_config(image_folder, ('small_stem', 'bf16'))
   assert config.model == 'resnet18'
   assert config.model_kwargs.to_dict() == {
-      'dtype': 'bfloat16', 'dropout_rate': 0.0, 'stem': 'small',
+      'dtype': 'bfloat16', 'stem': 'small',
       'stem_width': 4, 'widths': (4, 4, 4, 4)}
 
 

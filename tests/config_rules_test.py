@@ -68,6 +68,9 @@ def test_momentum_optimizer_needs_momentum():
      r'model_kwargs: dropout_rate must be in \[0, 1\), got -0.1'),
     ({'dtype': 'float16'},
      "model_kwargs: unknown dtype 'float16'; accepted: float32, bfloat16"),
+    # Typed on the command line for a key the config does not set: text.
+    ({'dropout_rate': 'lots'}, "model_kwargs: bad value 'lots' for "
+     "model_kwargs.dropout_rate of model cnn; accepted: a number"),
 ])
 def test_bad_model_kwargs_are_named(kwargs, match):
   config = default.get_config()

@@ -206,6 +206,8 @@ def test_two_processes_killed_agree_on_restore_and_resume(tmp_path, data_dir,
   assert_close_runs(workdir, reference)
 
 
+# A 4-device ResNet run (about 17 s): make test-all and CI.
+@pytest.mark.slow
 def test_batchnorm_on_four_devices_uses_the_global_batch(tmp_path, data_dir):
   # BatchNorm normalizes with the mean and variance of the whole global
   # batch (XLA reduces across devices), so 4 devices match 1 within the same

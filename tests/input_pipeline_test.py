@@ -93,3 +93,22 @@ def test_eval_batch_size_is_cut_to_the_largest_evaluated_split():
   assert input_pipeline.fit_eval_batch_size(20, [50], 4) == 20
   # Training and eval mode cut it to the same size: the largest split.
   assert input_pipeline.fit_eval_batch_size(1000, [30, 50], 1) == 50
+
+
+def test_balanced_sampling_draws_every_class_alike_from_seed_and_step():
+  labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+  indices = input_pipeline.train_batch_indices(1000, 100, seed=3,
+                                               balanced_labels=labels)
+  drawn = np.concatenate([indices(i) for i in range(30)])  # 3 epochs.
+  shares = np.bincount(labels[drawn], minlength=3) / len(drawn)
+  np.testing.assert_allclose(shares, 1 / 3, atol=0.03)
+  again = input_pipeline.train_batch_indices(1000, 100, seed=3, start_step=17,
+                                             balanced_labels=labels)
+  np.testing.assert_array_equal(again(0), indices(17))  # As after a resume.
+  halves = [input_pipeline.train_batch_indices(
+      1000, 100, seed=3, process_index=p, process_count=2,
+      balanced_labels=labels)(5) for p in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate(halves), indices(5))
+  other = input_pipeline.train_batch_indices(1000, 100, seed=4,
+                                             balanced_labels=labels)
+  assert not np.array_equal(other(0), indices(0))

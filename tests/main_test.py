@@ -147,6 +147,8 @@ def test_workdir_that_is_a_file(tmp_path, data_dir):
   assert blocker.read_text() == 'not a folder'
 
 
+# A real process (about 6 s): make test-all and CI.
+@pytest.mark.slow
 def test_eval_batch_larger_than_the_test_set_evaluates_every_example_once(
     tmp_path, data_dir):
   summary = train.train_and_evaluate(
@@ -250,6 +252,8 @@ def test_library_errors_are_logged_in_one_line(name, path):
   assert main._quiet_library_logs(ours) and ours.exc_info  # Left as it was.
 
 
+# A real process (about 5 s): make test-all and CI.
+@pytest.mark.slow
 def test_model_kwargs_flag_takes_a_key_the_config_file_lacks(tmp_path,
                                                              data_dir):
   workdir = str(tmp_path / 'w')

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 import models
+from vit_test import check_drop_path
+from vit_test import drop_path_rates_seen
 
 
 def num_params(model, shape):
@@ -66,6 +68,20 @@ def test_dropout_masks_follow_the_rng_and_eval_has_none():
                                 model.apply(variables, x))
 
 
+def test_resnet_drop_path_follows_the_rng_and_eval_ignores_it():
+  check_drop_path(lambda **kwargs: models.create_model('resnet20', 10,
+                                                       **kwargs),
+                  jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1)))
+
+
+def test_resnet_drop_path_rates_rise_linearly_over_all_blocks():
+  seen = drop_path_rates_seen(
+      models.create_model('resnet20', 10, drop_path_rate=0.2), (1, 28, 28, 1))
+  np.testing.assert_allclose(seen, np.linspace(0, 0.2, 9), atol=1e-12)
+  with pytest.raises(ValueError, match=r'drop_path_rate must be in \[0, 1\)'):
+    models.create_model('resnet20', 10, drop_path_rate=1.0)
+
+
 def test_bfloat16_computes_in_bfloat16_with_float32_parameters():
   model = models.create_model('cnn', 10, dtype='bfloat16')
   variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 28, 28, 1)))
@@ -77,7 +93,8 @@ def test_unknown_model_and_option_are_refused_with_accepted_names():
   with pytest.raises(ValueError, match=r"unknown model 'resnet'.*cnn"):
     models.create_model('resnet', 10)
   with pytest.raises(ValueError, match=r"takes no option 'depth'; accepted: "
-                                       r"bn_momentum, dropout_rate, dtype"):
+                                       r"bn_momentum, drop_path_rate, "
+                                       r"dropout_rate, dtype"):
     models.create_model('resnet20', 10, depth=3)
 
 

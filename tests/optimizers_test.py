@@ -75,8 +75,10 @@ def test_schedules():
       50)) == pytest.approx(0.05)
   assert float(optimizers.create_learning_rate_fn('constant', 0.1, 100, 0)(
       99)) == pytest.approx(0.1)
+  assert float(optimizers.create_learning_rate_fn('plateau', 0.1, 100, 0)(
+      99)) == pytest.approx(0.1)  # Its cuts are in the optimizer state.
   assert set(optimizers.LR_SCHEDULES) == {'constant', 'cosine',
-                                          'warmup_cosine'}
+                                          'warmup_cosine', 'plateau'}
 
 
 def test_update_factors_follow_freeze_then_the_first_multiplier():

@@ -66,8 +66,10 @@ def kill_and_resume(workdir, data_dir, point, step):
 
 @pytest.mark.parametrize('point,step', [
     ('step', 30),        # Mid-interval, after the step was dispatched.
-    ('checkpoint', 48),  # While checkpoint 48 is being written.
-    ('results', 96),     # After the last checkpoint, before summary.json.
+    # While checkpoint 48 is being written; after the last checkpoint,
+    # before summary.json (make test-all and CI).
+    pytest.param('checkpoint', 48, marks=pytest.mark.slow),
+    pytest.param('results', 96, marks=pytest.mark.slow),
 ])
 def test_kill_then_resume_is_bitwise_identical(tmp_path, data_dir, reference,
                                                point, step):
@@ -208,3 +210,34 @@ def test_resnet_with_every_kind_of_state_resumes_bitwise(
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   train.train_and_evaluate(resnet_config(data_dir), workdir)
   conftest.assert_same_run(workdir, resnet_reference, RESNET_STEPS)
+
+
+# The full augmentation recipe and the per-epoch controls on the ResNet:
+# RandAugment, mixup/CutMix (soft targets), random erasing, class weights,
+# balanced sampling and the plateau schedule's factor in the optimizer
+# state. About 60 s: CI and `make test-all`.
+RECIPE = {**RESNET, 'augment': 'crop_flip,randaugment,mixup,cutmix,'
+                               'random_erasing',
+          'class_weights': 'balanced', 'sampling': 'balanced',
+          'lr_schedule': 'plateau', 'plateau_patience': 1}
+
+
+def recipe_config(data_dir):
+  config = resnet_config(data_dir)
+  config.update({k: v for k, v in RECIPE.items() if k not in RESNET or
+                 k == 'augment'})
+  return config
+
+
+@pytest.mark.slow
+def test_recipe_run_killed_mid_step_resumes_bitwise(tmp_path, data_dir):
+  reference = str(tmp_path / 'reference')
+  train.train_and_evaluate(recipe_config(data_dir), reference)
+  workdir = str(tmp_path / 'w')
+  overrides = [f'--config.{k}={str(v).lower() if isinstance(v, bool) else v}'
+               for k, v in RECIPE.items()]
+  killed = run_main(workdir, data_dir, *overrides,
+                    env={'TRAINER_FAULT': 'kill:step:40'})
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  train.train_and_evaluate(recipe_config(data_dir), workdir)
+  conftest.assert_same_run(workdir, reference, RESNET_STEPS)

@@ -154,6 +154,8 @@ def _resnet_state(**kwargs):
   return steps.create_train_state(model, tx, (28, 28, 1), 0, **kwargs)
 
 
+# A ResNet step compiled (about 9 s): make test-all and CI.
+@pytest.mark.slow
 def test_train_step_updates_batch_stats_and_draws_dropout_per_step():
   state = _resnet_state()
   images, labels = _fixed_batch()
@@ -316,6 +318,8 @@ def test_a_frozen_batchnorm_normalizes_by_its_running_statistics():
   np.testing.assert_array_equal(train_logits, eval_logits)
 
 
+# About 4 s: make test-all and CI.
+@pytest.mark.slow
 def test_a_multiplier_scales_the_learning_rate():
   # Plain SGD: the update is linear in the learning rate.
   _, (half, _) = _trained_resnet(lr_multipliers='.=0.5', momentum=0.0,

@@ -51,6 +51,8 @@ def test_flax_example_test_pattern_works_offline(tmp_path, monkeypatch):
   assert summary['final_step'] == 1 and len(summary['history']) == 1
 
 
+# About 8 s; the IDX route covers resume in the fast suite.
+@pytest.mark.slow
 def test_end_to_end_on_mock_tfds_with_resume(tmp_path):
   whole, split = str(tmp_path / 'whole'), str(tmp_path / 'split')
   with tfds.testing.mock_data(num_examples=40):
@@ -322,6 +324,8 @@ def test_a_test_split_smaller_than_the_plot_and_the_eval_batch(
   assert os.path.isfile(os.path.join(workdir, workdir_files.PREDICTIONS_PLOT))
 
 
+# About 6 s: make test-all and CI.
+@pytest.mark.slow
 def test_image_folder_streamed_and_resumed_equals_in_memory(tmp_path,
                                                             monkeypatch):
   folder = conftest.make_image_folder(str(tmp_path / 'images'),
@@ -363,6 +367,8 @@ def test_zero_steps_evaluates_and_saves_the_initial_state(tmp_path):
   assert train.train_and_evaluate(config, workdir) is None  # Finished.
 
 
+# About 4 s: make test-all and CI.
+@pytest.mark.slow
 def test_normalize_is_applied_alike_in_training_and_eval(tmp_path):
   data = conftest.make_idx_dir(str(tmp_path / 'data'), num_train=32,
                                num_test=20)

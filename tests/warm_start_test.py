@@ -61,6 +61,8 @@ def test_zero_steps_from_a_run_starts_from_its_weights(
     assert 'left new: Dense_1/' in summary['initialized_from']['summary']
 
 
+# Three runs (about 6 s): make test-all and CI.
+@pytest.mark.slow
 def test_resuming_does_not_load_again(tmp_path, data_dir, source_run,
                                       caplog):
   workdir = str(tmp_path / 'w')
