@@ -184,40 +184,106 @@ def load_image(path: str, image_shape: Sequence[int], crop_pct: float = 1.0,
                                    interpolation)
 
 
+# Files decoded and classified at a time: memory stays bounded whatever
+# the number of files.
+PREDICT_BATCH = 64
+
+
+def expand_paths(paths: Sequence[str]) -> list[str]:
+  """Files as given; folders by their image files, recursively, sorted
+  (image_folder.IMAGE_EXTENSIONS, in any case)."""
+  out = []
+  for path in paths:
+    if not os.path.isdir(path):
+      out.append(path)
+      continue
+    for root, dirs, names in os.walk(path, followlinks=True):
+      dirs.sort()
+      out.extend(os.path.join(root, name) for name in sorted(names)
+                 if name.lower().endswith(image_folder.IMAGE_EXTENSIONS))
+  return out
+
+
+def check_predict_args(top_k: int, num_classes: int, output: str):
+  """InferenceError for a --top_k out of [1, classes] or an --output in a
+  missing folder."""
+  if not 1 <= top_k <= num_classes:
+    raise InferenceError(f'--top_k={top_k}: accepted: 1 to the run\'s '
+                         f'{num_classes} classes')
+  folder = os.path.dirname(os.path.abspath(output)) if output else ''
+  if output and (not os.path.isdir(folder) or os.path.isdir(output)):
+    raise InferenceError(f'--output={output}: accepted: a file in an '
+                         f'existing folder')
+
+
 def predict_files(config: ml_collections.ConfigDict, workdir: str,
                   paths: Sequence[str], checkpoint: str = 'best',
-                  top_k: int = 3) -> tuple[list[str], list[str]]:
-  """Classifies image files; returns (output lines, failed paths)."""
+                  top_k: int = 3, output: str = ''
+                  ) -> tuple[list[str], list[str]]:
+  """Classifies image files and folders of them, PREDICT_BATCH at a time.
+
+  Returns (one line per file, the paths that could not be read). With
+  `output`, also writes a CSV: path, then class_i,prob_i for the top_k
+  classes, then error (empty for a file that was read), one row per file.
+  """
   config_rules.validate_config(config, jax.device_count(),
                                jax.process_count(), training=False)
   info = workdir_files.load_dataset_info(workdir)
+  check_predict_args(top_k, info['num_classes'], output)
   step = resolve_step(workdir, checkpoint)
-  images, results, failed, ok_paths = [], {}, [], []
-  for path in paths:
-    try:
-      images.append(load_image(path, info['image_shape'],
-                               config.eval_crop_pct, config.interpolation))
-      ok_paths.append(path)
-    except Exception as e:  # pylint: disable=broad-except
-      # PIL raises many types for unreadable or non-image files.
-      failed.append(path)
-      detail = image_folder.first_line(e, 120)
-      results[path] = (f'{path}: error: cannot read image ({detail}); '
-                       f'accepted: PNG, JPEG, GIF and other formats PIL '
-                       f'reads, up to '
-                       f'{image_folder.MAX_IMAGE_PIXELS:,} pixels')
-  if images:
-    mesh = distributed.Mesh()
-    state = restore(workdir, config, step, info, mesh)
-    logits = jax.jit(functools.partial(
-        steps.predict_step, use_ema=config.eval_with_ema,
-        flip=config.eval_flip))(
-            state, jnp.asarray(np.stack(images)))
-    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-    names = info['class_names']
-    for path, p in zip(ok_paths, probs):
-      top = np.argsort(-p, kind='stable')[:top_k]
-      results[path] = f'{path}: ' + ', '.join(
-          f'{names[c]} {p[c]:.3f}' for c in top)
-  logging.info('Predicted with checkpoint %d of %s', step, workdir)
-  return [results[p] for p in paths], failed
+  paths = expand_paths(paths)
+  if not paths:
+    raise InferenceError('no image files to predict; accepted: image files '
+                         'or folders holding them')
+  state, predict = None, None
+  names = info['class_names']
+  lines, failed, rows = [], [], []
+  for first in range(0, len(paths), PREDICT_BATCH):
+    images, ok_paths, results = [], [], {}
+    for path in paths[first:first + PREDICT_BATCH]:
+      try:
+        images.append(load_image(path, info['image_shape'],
+                                 config.eval_crop_pct, config.interpolation))
+        ok_paths.append(path)
+      except Exception as e:  # pylint: disable=broad-except
+        # PIL raises many types for unreadable or non-image files.
+        failed.append(path)
+        detail = image_folder.first_line(e, 120)
+        results[path] = (None, f'cannot read image ({detail}); accepted: '
+                         f'PNG, JPEG, GIF and other formats PIL reads, up '
+                         f'to {image_folder.MAX_IMAGE_PIXELS:,} pixels')
+    if images:
+      if state is None:
+        mesh = distributed.Mesh()
+        state = restore(workdir, config, step, info, mesh)
+        predict = jax.jit(functools.partial(
+            steps.predict_step, use_ema=config.eval_with_ema,
+            flip=config.eval_flip))
+      logits = predict(state, jnp.asarray(np.stack(images)))
+      probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+      for path, p in zip(ok_paths, probs):
+        top = np.argsort(-p, kind='stable')[:top_k]
+        results[path] = ([(names[c], float(p[c])) for c in top], '')
+    for path in paths[first:first + PREDICT_BATCH]:
+      top, error = results[path]
+      lines.append(f'{path}: error: {error}' if error else f'{path}: ' +
+                   ', '.join(f'{name} {p:.3f}' for name, p in top))
+      rows.append([path] + (sum(([name, f'{p:.6g}'] for name, p in top), [])
+                            if top else [''] * (2 * top_k)) + [error])
+  if output:
+    _write_csv(output, top_k, rows)
+  logging.info('Predicted %d files with checkpoint %d of %s%s', len(paths),
+               step, workdir, f'; rows in {output}' if output else '')
+  return lines, failed
+
+
+def _write_csv(output: str, top_k: int, rows: list):
+  import csv  # pylint: disable=g-import-not-at-top
+  header = ['path'] + sum(([f'class_{i}', f'prob_{i}']
+                           for i in range(1, top_k + 1)), []) + ['error']
+  temporary = output + '.tmp'
+  with open(temporary, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    writer.writerows(rows)
+  os.replace(temporary, output)  # Never half a file under its name.

@@ -42,9 +42,18 @@ flags.DEFINE_integer('process_id', None, 'Index of this process, from 0.')
 flags.DEFINE_integer('heartbeat_timeout_seconds', 60, 'In a multi-process '
                      'run, a process silent this long is declared dead and '
                      'the others exit with an error.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export'],
                   'train (and resume); eval: score a checkpoint on --split; '
-                  'predict: classify image files.')
+                  'predict: classify image files; export: write the '
+                  'checkpoint as --formats files.')
+flags.DEFINE_string('formats', 'jax,saved_model', 'For export: jax '
+                    '(jax.export), saved_model (TensorFlow), comma-separated.')
+flags.DEFINE_string('output', '', 'For predict: also write the '
+                    'predictions to this CSV file.')
+flags.DEFINE_integer('top_k', 0, 'For predict: classes per file (0: 3 '
+                     'printed, min(5, classes) in --output).')
+flags.DEFINE_string('export_dir', '', 'For export: where the files go '
+                    '(default WORKDIR/export).')
 flags.DEFINE_enum('split', 'test', ['test', 'validation'], 'For eval: the '
                   'split to score (validation: runs that have one).')
 flags.DEFINE_string('checkpoint', 'best', 'For eval/predict: best, latest '
@@ -136,6 +145,7 @@ def main(argv):
     import config_rules
     import data_sources
     import distributed
+    import export
     import faults
     import inference
     import optimizers
@@ -155,23 +165,40 @@ def main(argv):
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
       return
     config = FLAGS.config or workdir_files.load_config(FLAGS.workdir)
+    if FLAGS.mode == 'export':
+      record, errors = export.export(config, FLAGS.workdir, FLAGS.checkpoint,
+                                     FLAGS.formats, FLAGS.export_dir)
+      for error in errors:
+        cli.print_line(f'error: {error}')
+      print(f'exported checkpoint {record["checkpoint_step"]} as '
+            f'{", ".join(record["formats"]) or "nothing"} to '
+            f'{FLAGS.export_dir or os.path.join(FLAGS.workdir, "export")}')
+      if errors:
+        sys.exit(cli.EXIT_FAILED)
+      return
     if FLAGS.mode == 'eval':
       report = inference.evaluate_checkpoint(config, FLAGS.workdir,
                                              FLAGS.checkpoint, FLAGS.split)
       print(inference.format_report(report))
       return
     if len(argv) < 2:
-      cli.fail('--mode=predict needs image files: main.py --mode=predict '
-               '--workdir=W IMAGE [IMAGE ...]')
+      cli.fail('--mode=predict needs image files or folders: main.py '
+               '--mode=predict --workdir=W IMAGE|FOLDER [...] '
+               '[--output=preds.csv]')
+    top_k = FLAGS.top_k
+    if not top_k:
+      classes = workdir_files.load_dataset_info(FLAGS.workdir)['num_classes']
+      top_k = min(5 if FLAGS.output else 3, classes)
     lines, failed = inference.predict_files(config, FLAGS.workdir, argv[1:],
-                                            FLAGS.checkpoint)
+                                            FLAGS.checkpoint, top_k,
+                                            FLAGS.output)
     print('\n'.join(lines))
     if failed:
       sys.exit(cli.EXIT_FAILED)
   except (config_rules.ConfigError, data_sources.DataError,
           checkpointing.IncompatibleCheckpointError,
           inference.InferenceError, optimizers.OptimizerError,
-          warm_start.WarmStartError,
+          warm_start.WarmStartError, export.ExportError,
           workdir_files.WorkdirError, workdir_files.WorkdirBusy) as e:
     cli.fail(str(e))
   except (train.DivergenceError, checkpointing.CheckpointError) as e:

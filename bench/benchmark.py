@@ -29,10 +29,12 @@ child's XLA flags and malloc setting (windows.contender_window).
 import argparse
 import os
 
+import augment_cost
 import common
 import contenders
 import dtype
 import end_to_end
+import imbalance
 import input_routes
 import jpeg_input
 import malloc
@@ -43,6 +45,7 @@ import time_to_accuracy
 import transfer
 import windows
 import xla_flags
+import zoo
 
 # The modes a user runs.
 MODES = {
@@ -57,6 +60,9 @@ MODES = {
     'end_to_end': end_to_end.measure_end_to_end,
     'transfer': transfer.measure_transfer,
     'jpeg_input': jpeg_input.compare_jpeg_input,
+    'zoo': zoo.measure_zoo,
+    'augment_cost': augment_cost.measure_augment_cost,
+    'imbalance': imbalance.measure_imbalance,
 }
 # The modes that the modes above run in fresh processes.
 CHILD_MODES = {

@@ -1,6 +1,7 @@
 """Tests for inference.py: eval and predict on a run trained in-process, and
 one `main.py --mode=predict` process for the command line."""
 
+import csv
 import json
 import os
 
@@ -128,6 +129,52 @@ def test_predict_reports_top3_and_names_bad_files(trained, images):
     assert len(parts) == 3 and probs == sorted(probs, reverse=True)
     assert all(p.rsplit(' ', 1)[0] in FASHION_NAMES for p in parts)
   assert 'the file is empty' in lines[paths.index(bad['empty.png'])]
+
+
+def test_predict_takes_folders_in_batches_and_writes_a_csv(
+    trained, images, tmp_path, monkeypatch):
+  workdir, config = trained
+  good, bad = images
+  folder = os.path.dirname(good['gray.jpg'])
+  monkeypatch.setattr(inference, 'PREDICT_BATCH', 2)  # Several batches.
+  output = str(tmp_path / 'preds.csv')
+  lines, failed = inference.predict_files(config, workdir, [folder],
+                                          top_k=5, output=output)
+  listed = inference.expand_paths([folder])
+  # Image extensions in any case, recursively; notes.txt is not listed.
+  assert bad['notes.txt'] not in listed and good['gray.jpg'] in listed
+  assert failed == [p for p in listed if p in bad.values()]
+  with open(output, newline='') as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ['path'] + sum(([f'class_{i}', f'prob_{i}']
+                                    for i in range(1, 6)), []) + ['error']
+  assert [r[0] for r in rows[1:]] == listed
+  for row in rows[1:]:
+    if row[0] in failed:
+      assert row[1:11] == [''] * 10 and row[11].startswith('cannot read')
+    else:
+      assert row[1] in FASHION_NAMES and row[11] == ''
+      assert float(row[2]) >= float(row[4])
+  # The same probabilities as file by file.
+  alone, _ = inference.predict_files(config, workdir, [good['gray.jpg']],
+                                     top_k=5)
+  assert alone[0] in lines
+
+
+@pytest.mark.parametrize('top_k,output,message', [
+    (0, '', '--top_k=0: accepted: 1 to the run\'s 10 classes'),
+    (11, '', '--top_k=11'),
+    (3, '/no/such/folder/p.csv', '--output=/no/such/folder/p.csv: '
+     'accepted: a file in an existing folder'),
+])
+def test_bad_predict_arguments_are_named(trained, images, top_k, output,
+                                         message):
+  workdir, config = trained
+  good, _ = images
+  with pytest.raises(inference.InferenceError) as e:
+    inference.predict_files(config, workdir, [good['gray.jpg']], top_k=top_k,
+                            output=output)
+  assert str(e.value).startswith(message)
 
 
 def test_predict_command_line_exit_codes(trained, images):

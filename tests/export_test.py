@@ -1,0 +1,184 @@
+"""Tests for export.py: each format, loaded with nothing of this project,
+gives the checkpoint's own probabilities."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import conftest
+import export
+import inference
+import steps
+import train
+import workdir_files
+
+# Loaded in a fresh process that imports only jax or tensorflow.
+LOAD_JAX = '''
+import sys, numpy as np
+from jax import export
+exported = export.deserialize(bytearray(open(sys.argv[1], 'rb').read()))
+images = np.load(sys.argv[2])
+np.save(sys.argv[3], np.asarray(exported.call(images)))
+'''
+LOAD_SAVED_MODEL = '''
+import sys, numpy as np, tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+images = tf.constant(np.load(sys.argv[2]))
+out = model.signatures['serving_default'](images=images)
+np.save(sys.argv[3], out['probabilities'].numpy())
+'''
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return conftest.make_idx_dir(str(tmp_path_factory.mktemp('data')),
+                               num_train=32, num_test=20)
+
+
+def run_for(tmp_path_factory, data_dir, name, **overrides):
+  workdir = str(tmp_path_factory.mktemp(name))
+  train.train_and_evaluate(conftest.tiny_config(data_dir, **{
+      'num_train_steps': 8, **overrides}), workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def cnn_run(tmp_path_factory, data_dir):
+  # EMA and eval_flip: both must be inside the exported function.
+  return run_for(tmp_path_factory, data_dir, 'cnn', ema_decay=0.9,
+                 eval_with_ema=True, eval_flip=True,
+                 normalize='0.5/0.25')
+
+
+def checkpoint_probabilities(workdir, images):
+  """--mode=predict's probabilities for these uint8 images."""
+  config = workdir_files.load_config(workdir)
+  info = workdir_files.load_dataset_info(workdir)
+  step = inference.resolve_step(workdir, 'best')
+  state = inference.restore(workdir, config, step, info,
+                            inference.distributed.Mesh())
+  logits = steps.predict_step(state, jnp.asarray(images),
+                              use_ema=config.eval_with_ema,
+                              flip=config.eval_flip)
+  return np.asarray(jax.nn.softmax(logits, axis=-1))
+
+
+@pytest.mark.parametrize('formats', [
+    'jax',
+    # TensorFlow's import and conversion take about 20 s: make test-all, CI.
+    pytest.param('jax,saved_model', marks=pytest.mark.slow)])
+def test_every_format_gives_the_checkpoints_probabilities(tmp_path, cnn_run,
+                                                          formats):
+  export_dir = str(tmp_path / 'export')
+  record, errors = export.export(workdir_files.load_config(cnn_run), cnn_run,
+                                 formats=formats, export_dir=export_dir)
+  assert errors == []
+  assert set(record['formats']) == set(formats.split(','))
+  assert record['ema'] and record['eval_flip']
+  assert record['normalize'] == '0.5/0.25'
+  # Every file written is listed with its digest.
+  written = {os.path.relpath(os.path.join(root, name), export_dir)
+             for root, _, names in os.walk(export_dir) for name in names}
+  assert written - {'model.json'} == set(record['sha256'])
+  for path, digest in record['sha256'].items():
+    assert export._sha256(os.path.join(export_dir, path)) == digest
+  images = np.random.default_rng(1).integers(0, 256, (5, 28, 28, 1),
+                                             np.uint8)
+  expected = checkpoint_probabilities(cnn_run, images)
+  np.testing.assert_allclose(export._check_jax(export_dir, images), expected,
+                             atol=1e-5)
+  if 'saved_model' in formats:
+    np.testing.assert_allclose(
+        export._check_saved_model(export_dir, images), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize('formats,message', [
+    ('jax,onnx', "--formats='jax,onnx': unknown format 'onnx'; accepted: a "
+                 'comma-separated list of jax, saved_model'),
+    ('', "--formats='': unknown format ''"),
+])
+def test_bad_formats_are_named(formats, message):
+  with pytest.raises(export.ExportError) as e:
+    export.parse_formats(formats)
+  assert str(e.value).startswith(message)
+
+
+def test_bad_targets_write_nothing(tmp_path, cnn_run):
+  config = workdir_files.load_config(cnn_run)
+  a_file = tmp_path / 'file'
+  a_file.write_text('')
+  with pytest.raises(export.ExportError, match='is a file; accepted: a '
+                     'folder'):
+    export.export(config, cnn_run, export_dir=str(a_file))
+  with pytest.raises(inference.InferenceError, match="--checkpoint='7'"):
+    export.export(config, cnn_run, checkpoint='7',
+                  export_dir=str(tmp_path / 'e'))
+  empty = tmp_path / 'empty'
+  (empty / 'checkpoints').mkdir(parents=True)
+  with pytest.raises(Exception, match='train'):
+    export.export(config, str(empty), export_dir=str(tmp_path / 'e2'))
+  assert not (tmp_path / 'e').exists() and not (tmp_path / 'e2').exists()
+
+
+NNX_NET = '''
+from flax import nnx
+
+
+class Net(nnx.Module):
+  def __init__(self, num_classes, *, rngs):
+    self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(4, rngs=rngs)
+    self.head = nnx.Linear(4, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(nnx.relu(self.bn(self.conv(x))).mean((1, 2)))
+'''
+
+
+# Each model family, loaded in fresh processes with only jax or tensorflow
+# (about 3 minutes; the ViT and ConvNeXt as jax.export only, their
+# TensorFlow conversion takes minutes here): make test-all and CI.
+@pytest.mark.slow
+@pytest.mark.parametrize('model,kwargs,formats', [
+    ('resnet20', {}, 'jax,saved_model'),
+    ('vit_tiny', {'patch_size': 7}, 'jax'),
+    ('convnext_atto', {'stem_stride': 2}, 'jax'),
+    ('nnx', {}, 'jax,saved_model'),
+])
+def test_artifacts_run_without_this_project(tmp_path_factory, tmp_path,
+                                            data_dir, model, kwargs, formats):
+  if model == 'nnx':
+    path = tmp_path / 'net.py'
+    path.write_text(NNX_NET)
+    model = f'{path}:Net'
+  workdir = run_for(tmp_path_factory, data_dir, 'run', model=model,
+                    num_train_steps=4, model_kwargs=kwargs)
+  export_dir = str(tmp_path / 'export')
+  record, errors = export.export(workdir_files.load_config(workdir), workdir,
+                                 formats=formats, export_dir=export_dir)
+  assert errors == [], errors
+  images = np.random.default_rng(2).integers(0, 256, (3, 28, 28, 1),
+                                             np.uint8)
+  np.save(tmp_path / 'images.npy', images)
+  expected = checkpoint_probabilities(workdir, images)
+  if model.endswith(':Net'):
+    os.remove(model.rpartition(':')[0])  # The artifacts need no user code.
+  loaders = {'jax': (LOAD_JAX, export.JAX_FILE),
+             'saved_model': (LOAD_SAVED_MODEL, export.SAVED_MODEL_DIR)}
+  for code, artifact in (loaders[f] for f in formats.split(',')):
+    out = tmp_path / 'out.npy'
+    result = subprocess.run(
+        [sys.executable, '-c', code, os.path.join(export_dir, artifact),
+         str(tmp_path / 'images.npy'), str(out)], capture_output=True,
+        text=True, timeout=240, cwd=str(tmp_path),
+        env={**os.environ, 'PYTHONPATH': '', 'JAX_PLATFORMS': 'cpu'})
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+  assert json.load(open(os.path.join(export_dir, 'model.json')))[
+      'checkpoint_step'] == record['checkpoint_step']
