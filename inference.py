@@ -94,7 +94,7 @@ def restore(workdir: str, config: ml_collections.ConfigDict, step: int,
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         checkpoint: str = 'best',
-                        split: str = 'test') -> dict:
+                        split: str = 'test', eval_dir: str = '') -> dict:
   """Evaluates a checkpoint on a split; writes eval.json and confusion.png.
 
   Args:
@@ -103,6 +103,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     workdir: the training workdir.
     checkpoint: 'latest', 'best' or a step.
     split: 'test', or 'validation' for runs that have one.
+    eval_dir: instead of the run's data, every image of FOLDER/<class>/...
+      (class names among the run's), prepared as eval prepares images.
 
   Returns:
     The report also written to workdir/eval.json.
@@ -111,25 +113,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                                jax.process_count(), training=False)
   info = workdir_files.load_dataset_info(workdir)
   step = resolve_step(workdir, checkpoint)
-  dataset = data_sources.load_dataset(
-      **data_sources.dataset_options(config),
-      processes=distributed.processes())
-  if list(dataset.test.image_shape) != list(info['image_shape']):
-    raise InferenceError(
-        f'the data as configured gives images of shape '
-        f'{list(dataset.test.image_shape)}, but the model was trained on '
-        f'{info["image_shape"]}; accepted: the run\'s image_size and '
-        f'channels (leave them out of the overrides)')
-  splits = dataset.eval_splits()
-  data = splits.get(split)
-  if data is None:
-    raise InferenceError(f'--split={split!r}: this run has the splits '
-                         f'{", ".join(splits)}')
+  if eval_dir:
+    data, split = labelled_folder(eval_dir, info, config), eval_dir
+    sizes = [len(data)]
+  else:
+    data, sizes = _run_split(config, info, split)
   mesh = distributed.Mesh()
   state = restore(workdir, config, step, info, mesh)
   batch_size = input_pipeline.fit_eval_batch_size(
-      config.eval_batch_size, [len(s) for s in splits.values()],
-      jax.device_count())
+      config.eval_batch_size, sizes, jax.device_count())
   eval_fn = jax.jit(functools.partial(steps.eval_and_predict_step,
                                       use_ema=config.eval_with_ema,
                                       flip=config.eval_flip),
@@ -159,6 +151,54 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     plots.plot_confusion(confusion, names,
                          os.path.join(workdir, workdir_files.CONFUSION_PLOT))
   return report
+
+
+def _run_split(config, info, split):
+  """(the run's split `split`, the sizes of all its eval splits)."""
+  dataset = data_sources.load_dataset(
+      **data_sources.dataset_options(config),
+      processes=distributed.processes())
+  if list(dataset.test.image_shape) != list(info['image_shape']):
+    raise InferenceError(
+        f'the data as configured gives images of shape '
+        f'{list(dataset.test.image_shape)}, but the model was trained on '
+        f'{info["image_shape"]}; accepted: the run\'s image_size and '
+        f'channels (leave them out of the overrides)')
+  splits = dataset.eval_splits()
+  data = splits.get(split)
+  if data is None:
+    raise InferenceError(f'--split={split!r}: this run has the splits '
+                         f'{", ".join(splits)}')
+  return data, [len(s) for s in splits.values()]
+
+
+def labelled_folder(eval_dir: str, info: dict, config):
+  """Every image of eval_dir/<class>/... as a split labelled by the run's
+  class names; InferenceError for a class the run does not have or a
+  folder with no image."""
+  if not os.path.isdir(eval_dir):
+    raise InferenceError(f'--eval_dir={eval_dir} is not a folder; accepted: '
+                         f'a folder of class folders, FOLDER/<class>/...')
+  names = list(info['class_names'])
+  found = [e.name for e in sorted(os.scandir(eval_dir), key=lambda e: e.name)
+           if e.is_dir() and not e.name.startswith('.')]
+  unknown = [name for name in found if name not in names]
+  if unknown or not found:
+    raise InferenceError(
+        f'--eval_dir={eval_dir}: class folders {unknown or found} are not '
+        f'among the run\'s classes; accepted: folders named {names}')
+  paths, labels = [], []
+  for name in found:
+    for path in expand_paths([os.path.join(eval_dir, name)]):
+      paths.append(os.fsencode(path))
+      labels.append(names.index(name))
+  if not paths:
+    raise InferenceError(f'--eval_dir={eval_dir} holds no image files in its '
+                         f'class folders {found}')
+  return image_folder.FolderSplit(
+      paths=np.asarray(paths), labels=np.asarray(labels, np.int32),
+      image_shape=tuple(info['image_shape']), root=eval_dir,
+      crop_pct=config.eval_crop_pct, interpolation=config.interpolation)
 
 
 def format_report(report: dict) -> str:

@@ -48,6 +48,8 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export'],
                   'checkpoint as --formats files.')
 flags.DEFINE_string('formats', 'jax,saved_model', 'For export: jax '
                     '(jax.export), saved_model (TensorFlow), comma-separated.')
+flags.DEFINE_string('eval_dir', '', 'For eval: score every image of '
+                    'FOLDER/<class>/... instead of the run\'s --split.')
 flags.DEFINE_string('output', '', 'For predict: also write the '
                     'predictions to this CSV file.')
 flags.DEFINE_integer('top_k', 0, 'For predict: classes per file (0: 3 '
@@ -178,7 +180,8 @@ def main(argv):
       return
     if FLAGS.mode == 'eval':
       report = inference.evaluate_checkpoint(config, FLAGS.workdir,
-                                             FLAGS.checkpoint, FLAGS.split)
+                                             FLAGS.checkpoint, FLAGS.split,
+                                             FLAGS.eval_dir)
       print(inference.format_report(report))
       return
     if len(argv) < 2:

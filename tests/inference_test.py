@@ -177,6 +177,29 @@ def test_bad_predict_arguments_are_named(trained, images, top_k, output,
   assert str(e.value).startswith(message)
 
 
+def test_eval_dir_scores_a_new_labelled_folder(trained, tmp_path):
+  workdir, config = trained
+  folder = tmp_path / 'new'
+  rng = np.random.default_rng(5)
+  for name, count in (('Trouser', 2), ('Bag', 3)):
+    (folder / name / 'sub').mkdir(parents=True)
+    for i in range(count):
+      _save(folder / name / 'sub' / f'{i}.PNG',
+            rng.integers(0, 255, (40, 30), dtype=np.uint8))
+  report = inference.evaluate_checkpoint(config, workdir,
+                                         eval_dir=str(folder))
+  assert report['examples'] == 5 and report['split'] == str(folder)
+  assert report['per_class']['Trouser']['examples'] == 2
+  assert report['per_class']['Bag']['examples'] == 3
+  assert report['per_class']['Sandal']['examples'] == 0
+  (folder / 'Cat').mkdir()
+  with pytest.raises(inference.InferenceError) as e:
+    inference.evaluate_checkpoint(config, workdir, eval_dir=str(folder))
+  assert str(e.value).startswith(
+      f"--eval_dir={folder}: class folders ['Cat'] are not among the run's "
+      f"classes; accepted: folders named ['T-shirt/top', 'Trouser'")
+
+
 def test_predict_command_line_exit_codes(trained, images):
   workdir, _ = trained
   good, bad = images
