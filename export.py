@@ -41,9 +41,12 @@ FORMATS = ('jax', 'saved_model')
 JAX_FILE = 'model.jax_exported'
 SAVED_MODEL_DIR = 'saved_model'
 INFO_FILE = 'model.json'
-# Exported probabilities must match the checkpoint's within this (float32:
-# the same XLA program, up to fusion and summation order).
-TOLERANCE = 1e-5
+# Exported probabilities must match the checkpoint's within this. float32:
+# the same XLA program, up to fusion and summation order. bfloat16 compute
+# keeps 8 significant bits (a relative step of 2**-8 = 3.9e-3), and the
+# exported program rounds at other points than the jitted one (constants
+# folded, other fusions): 1e-2 is under three such steps of a probability.
+TOLERANCES = {'float32': 1e-5, 'bfloat16': 1e-2}
 
 
 class ExportError(ValueError):
@@ -222,6 +225,8 @@ def export(config: ml_collections.ConfigDict, workdir: str,
       steps.predict_step, use_ema=config.eval_with_ema,
       flip=config.eval_flip))(state, jnp.asarray(images)))
   expected = np.asarray(jax.nn.softmax(expected, axis=-1))
+  tolerance = TOLERANCES.get(
+      str(config.model_kwargs.to_dict().get('dtype')), TOLERANCES['float32'])
   os.makedirs(export_dir, exist_ok=True)
   files, platforms, errors = {}, {}, []
   for name in wanted:
@@ -233,10 +238,11 @@ def export(config: ml_collections.ConfigDict, workdir: str,
         written, platforms[name] = write(predict, image_shape, scratch)
         got = check(scratch, images)
         error = float(np.max(np.abs(got - expected)))
-        if not error <= TOLERANCE:
+        if not error <= tolerance:
           raise FormatError(f'probabilities differ from the checkpoint\'s by '
-                            f'{error:.2e} (tolerance {TOLERANCE})')
+                            f'{error:.2e} (tolerance {tolerance})')
       except Exception as e:  # pylint: disable=broad-except
+        platforms.pop(name, None)
         errors.append(f'{name}: {type(e).__name__}: '
                       f'{inference.image_folder.first_line(e, 160)}')
         continue

@@ -98,6 +98,25 @@ def test_every_format_gives_the_checkpoints_probabilities(tmp_path, cnn_run,
         export._check_saved_model(export_dir, images), expected, atol=1e-5)
 
 
+def test_a_bfloat16_model_is_checked_within_its_precision(
+    tmp_path_factory, tmp_path, data_dir):
+  workdir = run_for(tmp_path_factory, data_dir, 'bf16',
+                    model_kwargs={'dtype': 'bfloat16'})
+  record, errors = export.export(workdir_files.load_config(workdir), workdir,
+                                 formats='jax',
+                                 export_dir=str(tmp_path / 'export'))
+  assert errors == [] and 'jax' in record['formats']
+  images = np.random.default_rng(3).integers(0, 256, (8, 28, 28, 1),
+                                             np.uint8)
+  got = export._check_jax(str(tmp_path / 'export'), images)
+  expected = checkpoint_probabilities(workdir, images)
+  np.testing.assert_allclose(got, expected, atol=export.TOLERANCES['bfloat16'])
+  top2 = np.sort(expected, -1)[:, -2:]
+  clear = top2[:, 1] - top2[:, 0] > export.TOLERANCES['bfloat16']
+  np.testing.assert_array_equal(got.argmax(-1)[clear],
+                                expected.argmax(-1)[clear])
+
+
 @pytest.mark.parametrize('formats,message', [
     ('jax,onnx', "--formats='jax,onnx': unknown format 'onnx'; accepted: a "
                  'comma-separated list of jax, saved_model'),
