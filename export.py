@@ -21,6 +21,7 @@ predictions before the export is called done.
 import contextlib
 import functools
 import hashlib
+import logging as logging_lib
 import os
 import shutil
 import tempfile
@@ -159,8 +160,22 @@ def _stablehlo_readable_by_tensorflow():
     _export._module_to_bytecode = original
 
 
+@contextlib.contextmanager
+def _logging_kept():
+  """Undoes what TensorFlow does to Python logging while it saves or loads
+  a SavedModel (it sets the absl logger to WARNING and adds a root
+  handler): the rest of the process logs as before."""
+  absl_logger, root = logging_lib.getLogger('absl'), logging_lib.getLogger()
+  level, handlers = absl_logger.level, list(root.handlers)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
+    root.handlers[:] = handlers
+
+
 def _export_saved_model(predict, image_shape, folder: str):
-  with _stablehlo_readable_by_tensorflow():
+  with _stablehlo_readable_by_tensorflow(), _logging_kept():
     return _write_saved_model(predict, image_shape, folder)
 
 
@@ -194,9 +209,10 @@ def _check_jax(folder, images):
 
 def _check_saved_model(folder, images):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  loaded = tf.saved_model.load(os.path.join(folder, SAVED_MODEL_DIR))
-  out = loaded.signatures['serving_default'](images=tf.constant(images))
-  return out['probabilities'].numpy()
+  with _logging_kept():
+    loaded = tf.saved_model.load(os.path.join(folder, SAVED_MODEL_DIR))
+    out = loaded.signatures['serving_default'](images=tf.constant(images))
+    return out['probabilities'].numpy()
 
 
 WRITERS = {'jax': (_export_jax, _check_jax),
