@@ -20,7 +20,6 @@ predictions before the export is called done.
 
 import contextlib
 import functools
-import hashlib
 import logging as logging_lib
 import os
 import shutil
@@ -36,6 +35,7 @@ import numpy as np
 import distributed
 import inference
 import steps
+import warm_start
 import workdir_files
 
 FORMATS = ('jax', 'saved_model')
@@ -104,14 +104,6 @@ class _Variables:
   def eval_variables(self, use_ema=False):
     del use_ema  # Already chosen.
     return self._variables
-
-
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def _export_jax(predict, image_shape, folder: str):
@@ -263,7 +255,7 @@ def export(config: ml_collections.ConfigDict, workdir: str,
                       f'{inference.image_folder.first_line(e, 160)}')
         continue
       for path in written:
-        files[os.path.relpath(path, scratch)] = _sha256(path)
+        files[os.path.relpath(path, scratch)] = warm_start.sha256(path)
       for entry in os.listdir(scratch):
         target = os.path.join(export_dir, entry)
         if os.path.isdir(target):

@@ -16,6 +16,7 @@ import export
 import inference
 import steps
 import train
+import warm_start
 import workdir_files
 
 # Loaded in a fresh process that imports only jax or tensorflow.
@@ -87,7 +88,7 @@ def test_every_format_gives_the_checkpoints_probabilities(tmp_path, cnn_run,
              for root, _, names in os.walk(export_dir) for name in names}
   assert written - {'model.json'} == set(record['sha256'])
   for path, digest in record['sha256'].items():
-    assert export._sha256(os.path.join(export_dir, path)) == digest
+    assert warm_start.sha256(os.path.join(export_dir, path)) == digest
   images = np.random.default_rng(1).integers(0, 256, (5, 28, 28, 1),
                                              np.uint8)
   expected = checkpoint_probabilities(cnn_run, images)
