@@ -99,6 +99,8 @@ def test_every_format_gives_the_checkpoints_probabilities(tmp_path, cnn_run,
         export._check_saved_model(export_dir, images), expected, atol=1e-5)
 
 
+# A run and an export of their own (about 8 s): make test-all and CI.
+@pytest.mark.slow
 def test_a_bfloat16_model_is_checked_within_its_precision(
     tmp_path_factory, tmp_path, data_dir):
   workdir = run_for(tmp_path_factory, data_dir, 'bf16',
