@@ -10,12 +10,15 @@ ARGS ?=
 .PHONY: venv data train test test-all gpu-bundle
 
 # requirements-extras.txt: optional packages (PyTorch CPU for .pth weights
-# and the parity tests, safetensors, huggingface_hub); the tests need them.
-$(VENV)/.installed: requirements.txt requirements-extras.txt
+# and the parity tests, safetensors, huggingface_hub); requirements-onnx.txt:
+# the ONNX exporter, without its declared dependencies (the file says why).
+# The tests need both.
+$(VENV)/.installed: requirements.txt requirements-extras.txt requirements-onnx.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q -r requirements-extras.txt
+	$(PY) -m pip install -q --no-deps -r requirements-onnx.txt
 	touch $@
 
 venv: $(VENV)/.installed

@@ -46,8 +46,9 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'export'],
                   'train (and resume); eval: score a checkpoint on --split; '
                   'predict: classify image files; export: write the '
                   'checkpoint as --formats files.')
-flags.DEFINE_string('formats', 'jax,saved_model', 'For export: jax '
-                    '(jax.export), saved_model (TensorFlow), comma-separated.')
+flags.DEFINE_string('formats', 'jax,saved_model,onnx', 'For export: jax '
+                    '(jax.export), saved_model (TensorFlow), onnx, '
+                    'comma-separated.')
 flags.DEFINE_string('eval_dir', '', 'For eval: score every image of '
                     'FOLDER/<class>/... instead of the run\'s --split.')
 flags.DEFINE_string('output', '', 'For predict: also write the '
