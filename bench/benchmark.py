@@ -10,6 +10,7 @@
   .venv/bin/python bench/benchmark.py --mode=memory      # peak RSS
   .venv/bin/python bench/benchmark.py --mode=resnet50    # ResNet-50 (GPU)
   .venv/bin/python bench/benchmark.py --mode=transfer    # fine-tuning
+  .venv/bin/python bench/benchmark.py --mode=inference   # exported models
 
 This file is the one entry point and defines the flags; each mode lives in
 the file MODES names, which says what it measures (common.py and windows.py
@@ -34,6 +35,7 @@ import common
 import contenders
 import dtype
 import end_to_end
+import exported
 import imbalance
 import input_routes
 import jpeg_input
@@ -63,6 +65,7 @@ MODES = {
     'zoo': zoo.measure_zoo,
     'augment_cost': augment_cost.measure_augment_cost,
     'imbalance': imbalance.measure_imbalance,
+    'inference': exported.measure_inference,
 }
 # The modes that the modes above run in fresh processes.
 CHILD_MODES = {
