@@ -340,6 +340,9 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
              checkpoint_dir, {f'{split}_accuracy': metrics['accuracy']
                               for split, metrics in evaluations.items()}
              if epoch_end else None)
+      if epoch_end and is_main:
+        workdir_files.write_json(
+            os.path.join(workdir, workdir_files.HISTORY), progress.history)
       if early_stop:
         logging.info('stopped early at epoch %.2f (step %d): %s has not '
                      'improved by more than %g for %d epochs',

@@ -30,10 +30,14 @@ LOCK = '.lock'
 METRICS_PLOT = 'metrics.png'
 PREDICTIONS_PLOT = 'predictions.png'
 EVAL = 'eval.json'
+# The epochs so far ({epoch, step, metrics} each), rewritten at each epoch's
+# end: what a sweep reads to prune a trial while it runs.
+HISTORY = 'history.json'
 CONFUSION_PLOT = 'confusion.png'
 # What a sweep adds to each trial's workdir...
 TRAIN_LOG = 'train.log'
 FAILED = 'failed.json'
+PRUNED = 'pruned.json'  # A searched trial its pruner stopped: never resumed.
 # ...and to its own.
 SWEEP_CSV = 'sweep.csv'
 SWEEP_TABLE = 'sweep.md'
