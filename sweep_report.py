@@ -28,10 +28,13 @@ TAIL_COLUMNS = [*BEST_KEYS, 'wall_seconds', 'error']
 
 
 def trial_status(workdir: str) -> str:
-  """'done', 'failed', 'interrupted' (resumable) or 'pending', from the
-  files in the trial's `workdir`."""
+  """'done', 'pruned' (a search's pruner stopped it), 'failed',
+  'interrupted' (resumable) or 'pending', from the files in the trial's
+  `workdir`."""
   if os.path.isfile(os.path.join(workdir, workdir_files.SUMMARY)):
     return 'done'
+  if os.path.isfile(os.path.join(workdir, workdir_files.PRUNED)):
+    return 'pruned'
   if os.path.isfile(os.path.join(workdir, workdir_files.FAILED)):
     return 'failed'
   if os.path.isdir(os.path.join(workdir, workdir_files.CHECKPOINTS)):
@@ -66,11 +69,18 @@ def collect(workdir: str, name: str, values: dict) -> dict:
   elif row['status'] == 'failed':
     row['error'] = workdir_files.read_json(workdir, workdir_files.FAILED)[
         'error']
+  else:  # Pruned or unfinished: its last epoch so far.
+    history = workdir_files.read_json(workdir, workdir_files.HISTORY) or []
+    if history:
+      row.update({k: v for k, v in history[-1].items()
+                  if k.startswith(METRIC_PREFIXES)})
+      row['history'] = history
   return row
 
 
 def _sort_key(row):
-  order = {'done': 0, 'interrupted': 1, 'pending': 2, 'failed': 3}
+  order = {'done': 0, 'pruned': 1, 'interrupted': 2, 'pending': 3,
+           'failed': 4}
   return (order[row['status']], -row.get('best_validation_accuracy', 0.0),
           -row.get('best_test_accuracy', 0.0))
 
@@ -112,9 +122,11 @@ def ranking_warning(rows: Sequence[dict]) -> Optional[str]:
           f'on held-out training data')
 
 
-def write_reports(workdir: str, rows: list[dict]) -> str:
+def write_reports(workdir: str, rows: list[dict],
+                  preamble: Sequence[str] = ()) -> str:
   """Writes sweep.csv (full precision), sweep.md and sweep.png; returns the
-  markdown: the table and, if the test set chose the ranking, a warning."""
+  markdown: `preamble` (a search's sampler and best trial), the table and,
+  if the test set chose the ranking, a warning."""
   rows = sorted(rows, key=_sort_key)
   swept, metrics = [], []
   for row in rows:
@@ -128,21 +140,27 @@ def write_reports(workdir: str, rows: list[dict]) -> str:
   tail = [c for c in TAIL_COLUMNS if validated or c not in (
       'best_chosen_on', 'best_validation_accuracy')]
   header = ['trial'] + swept + ['status'] + metrics + tail
-  with open(os.path.join(workdir, workdir_files.SWEEP_CSV), 'w',
-            newline='') as f:
+  # Written aside and moved in: workers and array tasks of one sweep may
+  # write at once, and a reader never sees half a table.
+  path = os.path.join(workdir, workdir_files.SWEEP_CSV)
+  temporary = f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
+  with open(temporary, 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=header, extrasaction='ignore')
     writer.writeheader()
     writer.writerows(rows)
-  lines = ['| ' + ' | '.join(header) + ' |',
-           '|' + '---|' * len(header)]
+  os.replace(temporary, path)
+  lines = list(preamble) + ['| ' + ' | '.join(header) + ' |',
+                            '|' + '---|' * len(header)]
   lines += ['| ' + ' | '.join(format_cell(k, r.get(k)) for k in header) +
             ' |' for r in rows]
   warning = ranking_warning(rows)
   if warning:
     lines += ['', warning]
   table = '\n'.join(lines) + '\n'
-  with open(os.path.join(workdir, workdir_files.SWEEP_TABLE), 'w') as f:
+  path = os.path.join(workdir, workdir_files.SWEEP_TABLE)
+  with open(temporary, 'w') as f:
     f.write(table)
+  os.replace(temporary, path)
   # At --verbosity=1 absl would pass on matplotlib's hundreds of DEBUG lines.
   logging.getLogger('matplotlib').setLevel(logging.INFO)
   import plots  # pylint: disable=g-import-not-at-top

@@ -449,6 +449,18 @@ def handle_signal(stop: threading.Event, signum, frame=None):
   stop_running(signal.SIGTERM)
 
 
+def _stop_with_parent():
+  """In the child before main.py starts: SIGTERM when the sweep dies (even
+  of kill -9), so a trial checkpoints and stops rather than train on
+  unwatched while a rerun resumes it. Linux only (prctl); elsewhere the
+  child outlives the sweep as before."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
+
+
 def _start(args, log, env, stop) -> Optional[subprocess.Popen]:
   """Starts main.py unless `stop` is set; None if it is.
 
@@ -461,13 +473,15 @@ def _start(args, log, env, stop) -> Optional[subprocess.Popen]:
     # No cwd: the child starts where the user does, so relative paths
     # (--config, data_dir) mean what they mean to main.py run from there.
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+                            env=env, start_new_session=True,
+                            preexec_fn=_stop_with_parent)
     _running[proc.pid] = proc
   return proc
 
 
 def run_trial(workdir, config_file, fixed, trial, device=None, stop=None,
-              on_start: Optional[Callable[[str], None]] = None
+              on_start: Optional[Callable[[str], None]] = None,
+              watch: Optional[Callable[[subprocess.Popen], None]] = None
               ) -> Optional[str]:
   """Runs one trial to its end in a child process.
 
@@ -480,6 +494,8 @@ def run_trial(workdir, config_file, fixed, trial, device=None, stop=None,
     stop: once set, the trial does not start.
     on_start: called with the path of the trial's log (the child's output)
       once the child has started.
+    watch: called with the child's process once it has started; returns
+      when the child has ended (a search's pruner and lease).
 
   Returns:
     'done', 'interrupted' or 'failed'; None if `stop` kept it from starting.
@@ -498,6 +514,8 @@ def run_trial(workdir, config_file, fixed, trial, device=None, stop=None,
       return None
     if on_start:
       on_start(log_path)
+    if watch:
+      watch(proc)
     code = proc.wait()
     with _running_lock:
       _running.pop(proc.pid, None)
@@ -583,7 +601,7 @@ def report_error(error: SweepError, verbose: bool):
 
 def sweep_and_report(workdir, config, config_file, fixed, specs, sweep_file,
                      *, parallel, visible_devices, retry_failed,
-                     verbose=False) -> int:
+                     verbose=False, array_index=None) -> int:
   """The sweep command: checks the spec, runs, reports; returns exit code.
 
   Args:
@@ -598,6 +616,8 @@ def sweep_and_report(workdir, config, config_file, fixed, specs, sweep_file,
     visible_devices: GPU ids for trial slots (CUDA_VISIBLE_DEVICES).
     retry_failed: run failed trials again.
     verbose: print a sweep file's traceback before its error line.
+    array_index: run only the trial at this index of the trials' order
+      (a job array's task); None for all.
 
   Returns:
     0 all done, 1 some failed, EXIT_PREEMPTED some unfinished, 2 a bad spec
@@ -607,6 +627,14 @@ def sweep_and_report(workdir, config, config_file, fixed, specs, sweep_file,
   try:
     trials = build_trials(config, specs, sweep_file, fixed)
     check_options(workdir, parallel, visible_devices)
+    if array_index is not None and array_index >= len(trials):
+      print(f'[sweep] array index {array_index} is past the last trial '
+            f'(the sweep has {len(trials)}: indices 0 to {len(trials) - 1})'
+            f'; nothing to run', flush=True)
+      return 0
+    all_trials = trials
+    if array_index is not None:
+      trials = [trials[array_index]]
     check_recorded_configs(workdir, config, trials)
     todo = trials_to_run(workdir, trials, retry_failed)
     check_trial_configs(config, todo)
@@ -628,7 +656,14 @@ def sweep_and_report(workdir, config, config_file, fixed, specs, sweep_file,
   finally:
     for signum, old in previous.items():
       signal.signal(signum, old)
-  print(sweep_report.write_reports(workdir, rows), flush=True)
+  if array_index is not None:  # The table of every trial so far.
+    rows = [sweep_report.collect(
+        os.path.join(workdir, trial_name(t)), trial_name(t),
+        {k: format_value(v) for k, v in t.items()}) for t in all_trials]
+    print(sweep_report.write_reports(workdir, rows), flush=True)
+    rows = [r for r in rows if r['trial'] == trial_name(trials[0])]
+  else:
+    print(sweep_report.write_reports(workdir, rows), flush=True)
   if any(r['status'] == 'failed' for r in rows):
     return cli.EXIT_FAILED
   if stop.is_set() or any(r['status'] != 'done' for r in rows):
