@@ -52,6 +52,8 @@ CLAIMS_FILE = 'claims'
 STUDY_NAME = 'sweep'
 LOCK_GRACE_SECONDS = 30
 POLL_SECONDS = 0.5
+# A worker with nothing to claim looks again after this many polls.
+WAIT_POLLS = 4
 DISTRIBUTIONS = 'loguniform(a,b), uniform(a,b), int(a,b) or choice(v1,v2,...)'
 _DISTRIBUTION = re.compile(r'\s*(\w+)\s*\((.*)\)\s*\Z', re.S)
 # What the study records of the command that made it: a rerun must match.
@@ -414,7 +416,8 @@ class Worker:
       if claim is None:
         return
       if claim is WAIT:
-        self.stop.wait(min(self.options.lease_seconds / 3, 10))
+        self.stop.wait(min(self.options.lease_seconds / 3,
+                           WAIT_POLLS * POLL_SECONDS))
         continue
       if claim.resumed:
         print(f'[sweep] {claim.name}: resuming (its worker stopped)',

@@ -86,17 +86,21 @@ def fake_main(tmp_path, monkeypatch):
   return str(path)
 
 
+FIXED = {'num_epochs': 3}
+
+
 def base_config(**overrides):
+  """The base config with FIXED and `overrides`, as sweep.py has it."""
   config = default.get_config()
-  config.num_epochs = 3
-  config.update(overrides)
+  config.update({**FIXED, **overrides})
   return config
 
 
-def run_search(workdir, space=SPACE, config=None, best_config='', **options):
+def run_search(workdir, space=SPACE, fixed=None, best_config='', **options):
   options = {'search': 'random', 'n_trials': 4, **options}
+  fixed = {**FIXED, **(fixed or {})}
   return search.search_and_report(
-      str(workdir), config or base_config(), default.__file__, {},
+      str(workdir), base_config(**fixed), default.__file__, fixed,
       list(space), search.Options(**options), best_config=best_config)
 
 
@@ -220,7 +224,7 @@ def test_another_space_or_objective_is_refused_by_name(tmp_path, capsys,
   line = error_line(capsys)
   assert 'was made with space learning_rate=uniform(0.1,0.9), ' in line
   assert 'this command gives space learning_rate=uniform(0.1,0.5)' in line
-  assert run_search(workdir, config=base_config(validation_fraction=0.1)
+  assert run_search(workdir, fixed={'validation_fraction': 0.1}
                     ) == cli.EXIT_BAD_INPUT
   assert ('made with objective best_test_accuracy, this command gives '
           'objective best_validation_accuracy') in error_line(capsys)
@@ -232,7 +236,7 @@ def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path,
   os.makedirs(workdir)
   options = search.Options(search='random', n_trials=6, lease_seconds=30)
   space = search.parse_space(base_config(), SPACE)
-  workers = [search.Worker(workdir, base_config(), default.__file__, {},
+  workers = [search.Worker(workdir, base_config(), default.__file__, FIXED,
                            space, 'best_test_accuracy', options,
                            threading.Event()) for _ in range(2)]
   threads = [threading.Thread(target=w.loop) for w in workers
@@ -256,8 +260,9 @@ def test_a_trial_whose_worker_died_is_resumed_not_replaced(tmp_path,
   options = search.Options(search='random', n_trials=2, lease_seconds=0.5)
 
   def worker():
-    return search.Worker(workdir, base_config(), default.__file__, {}, space,
-                         'best_test_accuracy', options, threading.Event())
+    return search.Worker(workdir, base_config(), default.__file__, FIXED,
+                         space, 'best_test_accuracy', options,
+                         threading.Event())
 
   # A worker claims a trial and dies before renewing its lease: the trial
   # has a folder with an epoch done, as a killed run leaves it.
@@ -289,7 +294,7 @@ def test_a_trial_whose_worker_died_is_resumed_not_replaced(tmp_path,
 def test_pruned_trials_stop_are_recorded_and_never_resumed(tmp_path,
                                                            monkeypatch,
                                                            fake_main):
-  monkeypatch.setenv('FAKE_EPOCH_SECONDS', '0.3')
+  monkeypatch.setenv('FAKE_EPOCH_SECONDS', '0.12')
   workdir = str(tmp_path / 'sweep')
   # Learning rates falling trial by trial: once the median pruner has its 5
   # finished trials, the later ones trail at their first epoch.
