@@ -11,6 +11,8 @@ TRAINER_FAULT=<kind>:<point>:<step> in the environment turns one on:
     the first one is being handled.
   * eio:restore:<step> makes restoring checkpoint `step` fail with an I/O
     error, as a flaky disk or network filesystem would.
+  * raise:<point>:<step> raises FaultInjected there: a crash that in-process
+    tests can catch (what a kill leaves, but the process lives on).
 Unset (always, outside tests) they cost one dictionary lookup.
 """
 
@@ -21,14 +23,20 @@ import signal
 ENV = 'TRAINER_FAULT'
 
 
+class FaultInjected(RuntimeError):
+  """Raised by TRAINER_FAULT=raise:<point>:<step>."""
+
+
 def enabled() -> bool:
   return ENV in os.environ
 
 
 def trigger(point: str, step: int):
-  """Sends SIGKILL or SIGTERM to this process if TRAINER_FAULT asks for it
-  at (point, step)."""
+  """Sends SIGKILL or SIGTERM to this process, or raises FaultInjected, if
+  TRAINER_FAULT asks for it at (point, step)."""
   fault = os.environ.get(ENV)
+  if fault == f'raise:{point}:{step}':
+    raise FaultInjected(f'injected fault at {point} {step} ({ENV})')
   if fault == f'kill:{point}:{step}':
     os.kill(os.getpid(), signal.SIGKILL)
   if fault == f'term:{point}:{step}':

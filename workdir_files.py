@@ -34,6 +34,11 @@ EVAL = 'eval.json'
 # end: what a sweep reads to prune a trial while it runs.
 HISTORY = 'history.json'
 CONFUSION_PLOT = 'confusion.png'
+# Experiment trackers (trackers.py): their run ids and the last step each
+# logged per metric; MLflow's default store; W&B's own folder.
+TRACKERS = 'trackers.json'
+MLFLOW_DB = 'mlflow.db'
+WANDB_DIR = 'wandb'
 # What a sweep adds to each trial's workdir...
 TRAIN_LOG = 'train.log'
 FAILED = 'failed.json'

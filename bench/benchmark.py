@@ -11,6 +11,7 @@
   .venv/bin/python bench/benchmark.py --mode=resnet50    # ResNet-50 (GPU)
   .venv/bin/python bench/benchmark.py --mode=transfer    # fine-tuning
   .venv/bin/python bench/benchmark.py --mode=inference   # exported models
+  .venv/bin/python bench/benchmark.py --mode=search      # TPE against grid
 
 This file is the one entry point and defines the flags; each mode lives in
 the file MODES names, which says what it measures (common.py and windows.py
@@ -42,6 +43,7 @@ import jpeg_input
 import malloc
 import memory
 import resnet50
+import search_vs_grid
 import throughput
 import time_to_accuracy
 import transfer
@@ -66,6 +68,7 @@ MODES = {
     'augment_cost': augment_cost.measure_augment_cost,
     'imbalance': imbalance.measure_imbalance,
     'inference': exported.measure_inference,
+    'search': search_vs_grid.compare_search_and_grid,
 }
 # The modes that the modes above run in fresh processes.
 CHILD_MODES = {

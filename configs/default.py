@@ -128,4 +128,9 @@ def get_config():
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
   config.max_checkpoints_to_keep = 3
+  # Experiment trackers beside TensorBoard (docs/trackers.md): '' (none),
+  # mlflow, wandb or 'mlflow,wandb'. tracker_project names the MLflow
+  # experiment and the W&B project; '' = the workdir's parent folder's name.
+  config.trackers = ''
+  config.tracker_project = ''
   return config
