@@ -23,6 +23,7 @@ import input_pipeline
 import models
 import optimizers
 import steps
+import trackers
 
 
 # Keys that may differ between a checkpoint and the run resuming from it, and
@@ -154,6 +155,11 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int,
     raise ConfigError(f'num_train_steps must be -1 (derive from num_epochs), '
                       f'0 (evaluate and save the initial state) or > 0, got '
                       f'{config.num_train_steps}')
+  try:
+    # Installed or not matters only where the run logs: training.
+    trackers.parse_trackers(config.trackers, check_installed=training)
+  except trackers.TrackerError as e:
+    raise ConfigError(str(e)) from None
   try:
     augmentation.parse_augment(config.augment)
   except ValueError as e:

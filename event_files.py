@@ -2,7 +2,8 @@
 the checkpoint a run resumes.
 
 `SummaryWriter` writes scalars and hyperparameters with tensorboard's own
-pure-Python record writer.
+pure-Python record writer, and hands every scalar to the run's experiment
+trackers (trackers.py), if any.
 
 A run killed after logging step 1200 but before checkpointing it resumes
 from an earlier step and logs those steps again. Before it does,
@@ -44,9 +45,11 @@ class SummaryWriter:
   run's start, for no other use.
   """
 
-  def __init__(self, logdir: Optional[str]):
-    """Writes events in `logdir`; None: log lines only (other processes)."""
+  def __init__(self, logdir: Optional[str], trackers=None):
+    """Writes events in `logdir`; None: log lines only (other processes).
+    `trackers` (trackers.Trackers) get every scalar too."""
     self._file = self._events = None
+    self._trackers = trackers
     if logdir:
       # tensorboard's EventFileWriter would import TensorFlow for its file
       # system layer when TensorFlow is installed; its RecordWriter does not.
@@ -66,6 +69,8 @@ class SummaryWriter:
       logging.info('[%d] %s', step, ', '.join(
           f'{k}={v:.6g}' if isinstance(v, float) else f'{k}={v}'
           for k, v in sorted(scalars.items())))
+    if self._trackers is not None:
+      self._trackers.write_scalars(step, scalars)
     if self._events is None:
       return
     metadata = scalar_metadata.create_summary_metadata(display_name='',

@@ -504,6 +504,13 @@ def run_trial(workdir, config_file, fixed, trial, device=None, stop=None,
   args = [sys.executable, MAIN, f'--workdir={workdir}',
           f'--config={config_file}', *override_args({**fixed, **trial})]
   env = dict(os.environ)
+  # For trackers (trackers.py): the sweep and trial a run belongs to, and
+  # one MLflow database for all of a sweep's trials, in the sweep's folder.
+  sweep_dir = os.path.dirname(os.path.abspath(workdir))
+  env.update({'TRAINER_SWEEP_NAME': os.path.basename(sweep_dir),
+              'TRAINER_TRIAL_NAME': os.path.basename(workdir)})
+  env.setdefault('MLFLOW_TRACKING_URI',
+                 f'sqlite:///{os.path.join(sweep_dir, "mlflow.db")}')
   if device is not None:
     env['CUDA_VISIBLE_DEVICES'] = str(device)
   log_path = os.path.join(workdir, workdir_files.TRAIN_LOG)

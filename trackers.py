@@ -39,6 +39,8 @@ _MLFLOW_HTTP_DEFAULTS = {'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '2',
 # MLflow's limits (mlflow.utils.validation) and per-call batch sizes.
 _MLFLOW_VALUE_LENGTH = 6000
 _MLFLOW_BATCH = 100
+# summary.json's timings, named like the last epoch's metrics.
+_TIMINGS = ('train_seconds', 'train_images_per_second')
 
 
 class TrackerError(ValueError):
@@ -87,18 +89,20 @@ def flat_config(config: dict) -> dict:
 
 
 def summary_figures(summary: dict) -> dict:
-  """The numbers of summary.json as tracker metrics. The last epoch's
-  (test_accuracy, ...) are named final_*, since the same names at the same
-  step already hold the logged points (train_loss there is a window's mean,
-  in summary.json the epoch's); best_*, final_step and timings keep their
-  names."""
+  """The numbers of summary.json as tracker metrics.
+
+  The last epoch's (test_accuracy, ...) are named final_*: at the final
+  step the plain names already hold the logged points, and train_loss there
+  is a window's mean, in summary.json the epoch's. best_*, final_step and
+  the timings keep their names.
+  """
   figures = {}
   for key, value in summary.items():
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       continue
-    last_epoch = key == 'epoch' or key.startswith(
-        ('train_', 'validation_', 'test_')) and key != 'train_seconds' and (
-            key != 'train_images_per_second')
+    last_epoch = key == 'epoch' or (
+        key.startswith(('train_', 'validation_', 'test_')) and
+        key not in _TIMINGS)
     figures[f'final_{key}' if last_epoch else key] = float(value)
   return figures
 
@@ -131,7 +135,7 @@ class _MLflow:
       except exceptions.MlflowException:
         logging.warning('MLflow run %s (trackers.json) is not in %s; '
                         'starting a new run there', state['run_id'], uri)
-        state.clear()
+        state.update(run_id=None, logged={})
     if run is None:
       run = client.create_run(self._experiment_id(project),
                               run_name=run_name(workdir))
@@ -264,7 +268,7 @@ class Trackers:
         last.update(dict.fromkeys(points, step))
         logged = True
     if logged:
-      self._save()
+      self.save()
 
   def finish(self, summary: Optional[dict] = None,
              status: str = 'FINISHED'):
@@ -301,7 +305,8 @@ class Trackers:
       self._open.remove(tracker)
       return False
 
-  def _save(self):
+  def save(self):
+    """Writes trackers.json: each tracker's run and last logged steps."""
     workdir_files.write_json(
         os.path.join(self._workdir, workdir_files.TRACKERS), self._state)
 
@@ -343,7 +348,7 @@ def open_trackers(names: list[str], workdir: str, *, project: str,
       record['logged'][key] = max(step, record['logged'].get(key, -1))
     opened.append(tracker)
   trackers = Trackers(workdir, opened, state)
-  trackers._save()  # pylint: disable=protected-access
+  trackers.save()
   if opened:
     logging.info('Tracking the run with %s (%s)', ', '.join(
         trackers.names), os.path.join(workdir, workdir_files.TRACKERS))

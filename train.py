@@ -35,6 +35,7 @@ import preemption
 import reporting
 import runtime
 import steps
+import trackers
 import warm_start
 import workdir_files
 
@@ -198,13 +199,17 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
   manager = checkpointing.create_manager(checkpoint_dir,
                                          config.max_checkpoints_to_keep)
 
-  def write_results(state, final_step, stop_reason='finished'):
-    return reporting.write_results(
+  def write_results(state, final_step, stop_reason='finished', tracked=None):
+    summary = reporting.write_results(
         workdir, dataset, progress, state, mesh, total_steps=final_step,
         batch_size=config.batch_size, eval_batch_size=eval_batch_size,
         use_ema=config.eval_with_ema, best_step=manager.best_step(),
         config=config.to_dict(), stop_reason=stop_reason,
         eval_flip=config.eval_flip)
+    if tracked is None:  # A run that trains nothing more has none open.
+      tracked = _open_trackers(config, workdir, dataset)
+    tracked.finish(summary)
+    return summary
 
   def stops_early(history):
     return controls.should_stop(history, watched,
@@ -257,7 +262,8 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
             'folder', 'flat') else config.dataset, 'source': dataset.source,
         'image_shape': image_shape, 'num_classes': dataset.num_classes,
         'class_names': list(dataset.class_names)})
-  writer = event_files.SummaryWriter(workdir if is_main else None)
+  tracked = _open_trackers(config, workdir, dataset)
+  writer = event_files.SummaryWriter(workdir if is_main else None, tracked)
   if start_step == 0:
     writer.write_hparams(config.to_dict())
 
@@ -278,8 +284,9 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
   early_stop = False
   window_start, window_steps = time.time(), 0
 
-  with preemption.PreemptionHandler() as stop_signal, _finish_saves_on_error(
-      manager):
+  with (tracked.finished_on_error(),
+        preemption.PreemptionHandler() as stop_signal,
+        _finish_saves_on_error(manager)):
     if total_steps == 0:  # The initial (e.g. pretrained) state, as step 0.
       evaluations = {split: steps.evaluate(eval_step, state, data,
                                            eval_batch_size, mesh)
@@ -364,7 +371,8 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
 
   faults.trigger('results', total_steps)
   summary = write_results(state, total_steps,
-                          'early_stopping' if early_stop else 'finished')
+                          'early_stopping' if early_stop else 'finished',
+                          tracked)
   manager.close()
   writer.close()
   logging.info('Done: %s; last step %d: test accuracy %.4f; %.1f s wall, '
@@ -373,6 +381,21 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
                summary['train_images_per_second'],
                os.path.join(workdir, workdir_files.SUMMARY))
   return summary
+
+
+def _open_trackers(config, workdir, dataset) -> trackers.Trackers:
+  """The run's experiment trackers; none on processes other than 0, which
+  write no TensorBoard events either."""
+  if not config.trackers or jax.process_index() != 0:
+    return trackers.Trackers()
+  folder = data_sources.source_kind(config.data_dir) in ('folder', 'flat')
+  return trackers.open_trackers(
+      trackers.parse_trackers(config.trackers), workdir,
+      project=config.tracker_project, config=config.to_dict(),
+      tags={'model': config.model,
+            'dataset': os.path.basename(os.path.abspath(config.data_dir))
+                       if folder else config.dataset,
+            'data_source': dataset.source})
 
 
 def _cut_on_plateau(state, history, watched, config, mesh):

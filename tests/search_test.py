@@ -214,6 +214,16 @@ def test_the_same_seed_samples_the_same_trials(tmp_path, fake_main):
   assert params[0] == params[1] and len(set(params[0])) == 3
 
 
+def test_an_rdb_storage_holds_the_study(tmp_path, fake_main):
+  workdir = str(tmp_path / 'sweep')
+  url = f'sqlite:///{tmp_path / "study.db"}'
+  assert run_search(workdir, n_trials=2, storage=url) == 0
+  assert (tmp_path / 'study.db').is_file()
+  assert not os.path.exists(os.path.join(workdir, search.STUDY_FILE))
+  assert run_search(workdir, n_trials=2, storage=url) == 0
+  assert [starts(workdir, search.trial_name(i)) for i in range(2)] == [1, 1]
+
+
 def test_another_space_or_objective_is_refused_by_name(tmp_path, capsys,
                                                        fake_main):
   workdir = tmp_path / 'sweep'
