@@ -110,7 +110,7 @@ def _crop_flip(images, key):
 
 
 def _random_resized_crop_flip(images, key, scale=(0.08, 1.0),
-                              ratio=(3 / 4, 4 / 3)):
+                              ratio=(3 / 4, 4 / 3), *, size=None):
   """A random box of each image resized back to the image's size, then a
   random mirror: the crop of Inception training and timm's
   RandomResizedCrop. The box covers a share of the area drawn uniformly
@@ -118,9 +118,12 @@ def _random_resized_crop_flip(images, key, scale=(0.08, 1.0),
   where it would not fit it is clipped to the image (timm retries ten
   draws first; clipping keeps one draw per image, so the same key gives
   the same boxes on any device count). Bilinear, antialiased resizing
-  (jax.image.scale_and_translate), on the device.
+  (jax.image.scale_and_translate), on the device, to `size` ((height,
+  width); default: the images' own), for images kept larger than the
+  model's input (image_folder.FolderSplit.stored_size).
   """
-  n, height, width, _ = images.shape
+  n, height, width, channels = images.shape
+  out_height, out_width = size or (height, width)
   area_key, ratio_key, x_key, y_key, flip_key = jax.random.split(key, 5)
   area = jax.random.uniform(area_key, (n,), minval=scale[0], maxval=scale[1])
   log_ratio = jax.random.uniform(ratio_key, (n,), minval=np.log(ratio[0]),
@@ -131,9 +134,9 @@ def _random_resized_crop_flip(images, key, scale=(0.08, 1.0),
   y0 = jax.random.uniform(y_key, (n,)) * (height - box_h)
 
   def crop(image, x, y, w, h):
-    factors = jnp.stack([height / h, width / w])
+    factors = jnp.stack([out_height / h, out_width / w])
     return jax.image.scale_and_translate(
-        image, image.shape, (0, 1), factors,
+        image, (out_height, out_width, channels), (0, 1), factors,
         -jnp.stack([y, x]) * factors, method='linear', antialias=True)
 
   return _random_flip(jax.vmap(crop)(images, x0, y0, box_w, box_h), flip_key)
@@ -267,7 +270,9 @@ def augment_options(kind: str) -> dict:
                       for k, steps in MIX_OPTIONS.items() if name in steps})
       continue
     parameters = list(inspect.signature(AUGMENTATIONS[name]).parameters.values())
-    options.update({p.name: p.default for p in parameters[2:]})
+    # Keyword-only ones (rrc's size) are set by the trainer, not the config.
+    options.update({p.name: p.default for p in parameters[2:]
+                    if p.kind != p.KEYWORD_ONLY})
   return options
 
 
@@ -317,14 +322,15 @@ def mixes(kind: str) -> bool:
 
 
 def augment(images: jax.Array, key: jax.Array, kind: str,
-            options: Optional[dict] = None, targets=None):
+            options: Optional[dict] = None, targets=None, size=None):
   """Applies the steps of `kind` (config.augment) in order with `options`
   (config.augment_kwargs); the same (images, key) give the same result on
   any number of devices (the draws cover the global batch).
 
   Returns the images or, when `targets` (one-hot float labels) are given,
   (images, targets), mixed if a step mixes. A single step draws from `key`
-  itself, step i of several from fold_in(key, i).
+  itself, step i of several from fold_in(key, i). `size` ((height, width)):
+  what rrc resizes its crops to; other steps keep the images' size.
   """
   names = parse_augment(kind)
   options = dict(options or {})
@@ -339,6 +345,7 @@ def augment(images: jax.Array, key: jax.Array, kind: str,
         mixed = True
       continue
     accepted = augment_options(name)
+    extra = {'size': size} if name == 'rrc' and size else {}
     images = AUGMENTATIONS[name](images, step_key, **{
-        k: v for k, v in options.items() if k in accepted})
+        k: v for k, v in options.items() if k in accepted}, **extra)
   return images if targets is None else (images, targets)

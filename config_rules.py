@@ -70,6 +70,12 @@ RESUME_CHANGES = {
                       'over all epochs so far',
     'plateau_min_delta': 'the learning rate is cut by the new rule, counted '
                          'over all epochs so far',
+    'trackers': 'none in the results: steps after the checkpoint are logged '
+                'to the new trackers (each continues its own run of this '
+                'workdir)',
+    'tracker_project': 'none in the results: a tracker that starts its run '
+                       'from now on puts it in the new project (an MLflow '
+                       'run already started stays where it is)',
 }
 
 _POSITIVE = ('learning_rate', 'batch_size', 'eval_batch_size', 'num_epochs',

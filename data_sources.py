@@ -90,6 +90,10 @@ class Split:
 
   @property
   def image_shape(self) -> tuple[int, ...]:
+    """The model's input shape; images may be stored larger (an image
+    folder's train split for rrc: image_folder.FolderSplit.stored_size)."""
+    if self.origin is not None:
+      return tuple(self.origin.image_shape)
     return tuple(self.images.shape[1:])
 
   def get(self, indices) -> tuple[np.ndarray, np.ndarray]:
@@ -446,17 +450,18 @@ def load_image_folder(
     data_dir: str, *, image_size: int, channels: int, skip_bad_images: bool,
     loading: str, test_fraction: float, split_seed: int,
     processes: image_folder.Processes = image_folder.Processes(),
-    crop_pct: float = 1.0, interpolation: str = 'bilinear') -> Dataset:
+    crop_pct: float = 1.0, interpolation: str = 'bilinear',
+    train_crop_pct: float = 1.0) -> Dataset:
   """An image folder, split or flat (see image_folder.py), in memory if it
   fits."""
   try:
     folders, class_names = image_folder.scan(
         data_dir, image_size, channels, skip_bad_images, test_fraction,
-        split_seed, processes, crop_pct, interpolation)
+        split_seed, processes, crop_pct, interpolation, train_crop_pct)
   except image_folder.BadImagesError as e:
     raise DataError(str(e)) from e
   total = sum(len(s) for s in folders.values())
-  shape = folders['train'].image_shape
+  shape = folders['train'].stored_shape
   if loading == 'memory' or (loading == 'auto' and _fits_memory(total, shape)):
     progress = image_folder.Progress(
         f'Decoding images under {data_dir} into memory as {shape} '
@@ -485,8 +490,8 @@ def load_dataset(name: str, data_dir: str = '', *, image_size: int = 0,
                  loading: str = 'auto', validation_fraction: float = 0.0,
                  test_fraction: float = 0.2, split_seed: int = 0,
                  processes: image_folder.Processes = image_folder.Processes(),
-                 crop_pct: float = 1.0, interpolation: str = 'bilinear'
-                 ) -> Dataset:
+                 crop_pct: float = 1.0, interpolation: str = 'bilinear',
+                 train_crop_pct: float = 1.0) -> Dataset:
   """Loads a dataset by the rules of the data keys of the config.
 
   Every process of a run calls it, and gets the same examples in the same
@@ -512,6 +517,8 @@ def load_dataset(name: str, data_dir: str = '', *, image_size: int = 0,
       so runs of different seeds are compared on the same examples.
     crop_pct, interpolation: image folders: how images are resized
       (image_folder.decode_image).
+    train_crop_pct: image folders: below 1, the train split is kept larger
+      for rrc (image_folder.scan; `train_crop_pct`).
     processes: the processes of the run: an image folder's files are decoded
       by all of them, each its share; a tfds set is prepared by process 0.
 
@@ -529,7 +536,8 @@ def load_dataset(name: str, data_dir: str = '', *, image_size: int = 0,
         data_dir, image_size=image_size, channels=channels,
         skip_bad_images=skip_bad_images, loading=loading,
         test_fraction=test_fraction, split_seed=split_seed,
-        processes=processes, crop_pct=crop_pct, interpolation=interpolation)
+        processes=processes, crop_pct=crop_pct, interpolation=interpolation,
+        train_crop_pct=train_crop_pct)
   else:
     dataset = load_tfds(name, data_dir or None, loading, processes)
   if validation_fraction:
@@ -554,7 +562,18 @@ def dataset_options(config) -> dict:
               validation_fraction=config.validation_fraction,
               test_fraction=config.test_fraction,
               split_seed=config.split_seed, crop_pct=config.eval_crop_pct,
-              interpolation=config.interpolation)
+              interpolation=config.interpolation,
+              train_crop_pct=train_crop_pct(config))
+
+
+def train_crop_pct(config) -> float:
+  """eval_crop_pct when `rrc` crops the training images of an image folder
+  resized to a square image_size (they are then kept larger, for it to crop
+  from more pixels: image_folder.scan), else 1."""
+  steps = [s.strip() for s in config.augment.split(',')]
+  if 'rrc' in steps and config.image_size and config.eval_crop_pct < 1:
+    return config.eval_crop_pct
+  return 1.0
 
 
 def load_idx(name: str, data_dir: str) -> Dataset:

@@ -183,8 +183,8 @@ def _open_checked(path: str):
 
 
 def decode_image(path: str, height: int, width: int, channels: int,
-                 crop_pct: float = 1.0,
-                 interpolation: str = 'bilinear') -> np.ndarray:
+                 crop_pct: float = 1.0, interpolation: str = 'bilinear',
+                 keep_aspect: bool = False) -> np.ndarray:
   """An image file -> uint8 (height, width, channels).
 
   Any format PIL reads (GIF: first frame). 16- and 32-bit grey images are
@@ -192,7 +192,8 @@ def decode_image(path: str, height: int, width: int, channels: int,
   converted. crop_pct 1 resizes the whole image to (height, width); below 1
   resizes its shorter side to int(min(height, width) / crop_pct), keeping
   the aspect ratio, and takes the centre crop (torchvision's eval
-  transforms: Resize then CenterCrop, the same rounding).
+  transforms: Resize then CenterCrop, the same rounding); so does
+  keep_aspect at crop_pct 1 (shorter side to min(height, width)).
 
   Raises:
     ValueError (or a PIL/OS error): the file is empty, not an image, damaged
@@ -207,7 +208,7 @@ def decode_image(path: str, height: int, width: int, channels: int,
       image = Image.fromarray(np.uint8(np.round(array / top * 255)))
     image = image.convert('L' if channels == 1 else 'RGB')
     resample = getattr(Image, INTERPOLATIONS[interpolation])
-    if crop_pct < 1:
+    if crop_pct < 1 or keep_aspect:
       image = _resize_shorter_side(image, int(min(height, width) / crop_pct),
                                    resample)
       top = int(round((image.height - height) / 2.0))
@@ -270,18 +271,32 @@ class FolderSplit:
   root: str  # For the checksum: paths relative to it.
   crop_pct: float = 1.0  # decode_image's.
   interpolation: str = 'bilinear'
+  # > 0: images are kept larger than image_shape, stored_size square, their
+  # shorter side resized to it (for rrc to crop from; see scan).
+  stored_size: int = 0
 
   def __len__(self):
     return len(self.labels)
 
+  @property
+  def stored_shape(self) -> tuple[int, int, int]:
+    """The shape of the images `get` returns."""
+    if not self.stored_size:
+      return tuple(self.image_shape)
+    return (self.stored_size, self.stored_size, self.image_shape[2])
+
   def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    height, width, channels = self.image_shape
-    images = np.empty((len(indices),) + tuple(self.image_shape), np.uint8)
+    height, width, channels = self.stored_shape
+    images = np.empty((len(indices),) + self.stored_shape, np.uint8)
     for i, index in enumerate(indices):
       path = os.fsdecode(self.paths[index])
       try:
-        images[i] = decode_image(path, height, width, channels,
-                                 self.crop_pct, self.interpolation)
+        if self.stored_size:
+          images[i] = decode_image(path, height, width, channels, 1.0,
+                                   self.interpolation, keep_aspect=True)
+        else:
+          images[i] = decode_image(path, height, width, channels,
+                                   self.crop_pct, self.interpolation)
       except Exception as e:  # pylint: disable=broad-except
         # The scan decoded this file before training; only a change on disk
         # since gets here.
@@ -378,7 +393,8 @@ class Processes:
 def scan(data_dir: str, image_size: int = 0, channels: int = 0,
          skip_bad_images: bool = False, test_fraction: float = 0.2,
          split_seed: int = 0, processes: Processes = Processes(),
-         crop_pct: float = 1.0, interpolation: str = 'bilinear'
+         crop_pct: float = 1.0, interpolation: str = 'bilinear',
+         train_crop_pct: float = 1.0
          ) -> tuple[dict[str, FolderSplit], list[str]]:
   """Lists and decodes every image under data_dir, then forms the splits.
 
@@ -397,6 +413,10 @@ def scan(data_dir: str, image_size: int = 0, channels: int = 0,
     processes: with several, each decodes a share of the files; every one of
       them must call `scan` on the same folder.
     crop_pct, interpolation: how each image is resized (decode_image).
+    train_crop_pct: below 1, the train split keeps its images square with
+      their shorter side int(size / train_crop_pct), at most twice the size
+      (`stored_size`), for a random-resized crop to crop from; every other
+      split is resized as crop_pct says.
 
   Returns:
     ({split name: FolderSplit}, class names).
@@ -448,9 +468,14 @@ def scan(data_dir: str, image_size: int = 0, channels: int = 0,
   shape = _image_shape(splits, image_size, channels, crop_pct)
   # One bytes array, not a list of str objects: ~60 bytes a file instead of
   # ~150, for sets of millions of files.
+  stored_size = 0
+  if train_crop_pct < 1 and shape[0] == shape[1]:
+    stored_size = min(int(shape[0] / train_crop_pct), 2 * shape[0])
   return {split: FolderSplit(paths=np.array([os.fsencode(p) for p in paths]),
                              labels=labels, image_shape=shape, root=data_dir,
-                             crop_pct=crop_pct, interpolation=interpolation)
+                             crop_pct=crop_pct, interpolation=interpolation,
+                             stored_size=stored_size if split == 'train'
+                             else 0)
           for split, (paths, labels, _) in splits.items()}, class_names
 
 
@@ -595,7 +620,7 @@ def _check_all(paths: list[str], processes: Processes,
 def decode_all(split: FolderSplit,
                progress: Optional[Progress] = None) -> np.ndarray:
   """Decodes a whole split into one uint8 array, in parallel threads."""
-  images = np.empty((len(split),) + tuple(split.image_shape), np.uint8)
+  images = np.empty((len(split),) + split.stored_shape, np.uint8)
   chunk = 256
 
   def fill(start):

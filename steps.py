@@ -214,7 +214,8 @@ def train_step(state: TrainState, images, labels, *,
                label_smoothing: float = 0.0, ema_decay: float = 0.0,
                augment: str = 'none', freeze: str = '',
                augment_kwargs: Optional[dict] = None,
-               num_classes: int = 0, class_weights=None) -> TrainState:
+               num_classes: int = 0, class_weights=None,
+               input_size=None) -> TrainState:
   """One optimizer step; loss and metrics come from the same forward pass.
 
   With mixup or CutMix in `augment` the loss is against the mixed (soft)
@@ -227,6 +228,8 @@ def train_step(state: TrainState, images, labels, *,
   draws the same bits; BatchNorm statistics (any mutable collection) are
   updated from the global batch, except those of the BatchNorm layers
   `freeze` matches (the optimizer leaves their parameters alone).
+  `input_size` ((height, width)): the model's; an rrc step resizes its
+  crops of images stored larger to it.
   """
   dropout_rng, augment_rng = jax.random.split(
       jax.random.fold_in(state.rng, state.step))
@@ -234,11 +237,11 @@ def train_step(state: TrainState, images, labels, *,
   if augmentation.mixes(augment):
     images, targets = augmentation.augment(
         augmentation.to_float(images), augment_rng, augment, augment_kwargs,
-        targets=jax.nn.one_hot(labels, num_classes))
+        targets=jax.nn.one_hot(labels, num_classes), size=input_size)
     labels = targets.argmax(-1)  # Accuracy: against the dominant label.
   else:
     images = augmentation.augment(augmentation.to_float(images), augment_rng,
-                                  augment, augment_kwargs)
+                                  augment, augment_kwargs, size=input_size)
   mutable = list(state.model_state)
 
   def loss_fn(params):
@@ -306,7 +309,15 @@ def update_ema(ema, variables, opt_state, step, decay: float):
 
 
 def eval_step(state: TrainState, images, labels, mask, *,
-              use_ema: bool = False, flip: bool = False) -> metrics.Collection:
+              use_ema: bool = False, flip: bool = False,
+              input_size=None) -> metrics.Collection:
+  """The metrics of one batch. Images stored larger than `input_size` (a
+  validation split carved from a train split kept larger for rrc) are
+  centre-cropped to it, as eval's resizing crops."""
+  if input_size and tuple(images.shape[1:3]) != tuple(input_size):
+    top = (images.shape[1] - input_size[0]) // 2
+    left = (images.shape[2] - input_size[1]) // 2
+    images = images[:, top:top + input_size[0], left:left + input_size[1]]
   return eval_and_predict_step(state, images, labels, mask,
                                use_ema=use_ema, flip=flip)[0]
 
@@ -343,7 +354,7 @@ def jit_steps(mesh: distributed.Mesh, *, label_smoothing: float = 0.0,
               ema_decay: float = 0.0, use_ema: bool = False,
               augment: str = 'none', freeze: str = '',
               augment_kwargs: Optional[dict] = None, num_classes: int = 0,
-              eval_flip: bool = False, class_weights=None):
+              eval_flip: bool = False, class_weights=None, input_size=None):
   """The jitted (train_step, eval_step) every caller uses.
 
   The state is donated to the train step. Outputs are pinned replicated, so
@@ -355,10 +366,11 @@ def jit_steps(mesh: distributed.Mesh, *, label_smoothing: float = 0.0,
                                     freeze=freeze,
                                     augment_kwargs=augment_kwargs,
                                     num_classes=num_classes,
-                                    class_weights=class_weights),
+                                    class_weights=class_weights,
+                                    input_size=input_size),
                   donate_argnums=0, out_shardings=mesh.replicated),
           jax.jit(functools.partial(eval_step, use_ema=use_ema,
-                                    flip=eval_flip),
+                                    flip=eval_flip, input_size=input_size),
                   out_shardings=mesh.replicated))
 
 

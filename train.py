@@ -273,7 +273,8 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
       augment=config.augment, freeze=config.freeze,
       augment_kwargs=config.augment_kwargs.to_dict(),
       num_classes=dataset.num_classes, eval_flip=config.eval_flip,
-      class_weights=class_weights)
+      class_weights=class_weights,
+      input_size=tuple(dataset.train.image_shape[:2]))
   report_progress = reporting.ReportProgress(total_steps, writer)
   logging.info('Training steps %d..%d (%d per epoch, batch %d on %d %s '
                'device%s); compiling the step first (seconds; tens of '

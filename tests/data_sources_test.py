@@ -257,3 +257,34 @@ def test_process_0_tells_the_others_of_any_failure_to_prepare(monkeypatch):
                      match='process 0 could not prepare'):
     data_sources.load_tfds('mnist', None, processes=image_folder.Processes(
         1, 2, lambda status: np.array([0, int(status)])))
+
+
+# Three runs (about 14 s): make test-all and CI.
+@pytest.mark.slow
+def test_rrc_crops_from_larger_train_images_alike_in_every_route(tmp_path):
+  """rrc with eval_crop_pct < 1: the train images are kept 10x10 for a
+  model input of 8x8; memory, streamed and on-device data give the same
+  run, the validation split carved from them is centre-cropped for eval."""
+  import json  # pylint: disable=g-import-not-at-top
+  import train  # pylint: disable=g-import-not-at-top
+  folder = conftest.make_image_folder(str(tmp_path / 'images'),
+                                      num_train=4, num_test=2, size=(12, 10))
+  summaries = []
+  for route in ({'data_loading': 'memory'}, {'data_loading': 'stream'},
+                {'data_loading': 'memory', 'data_on_device': True}):
+    workdir = str(tmp_path / f'w{len(summaries)}')
+    config = conftest.tiny_config(
+        folder, dataset='custom', model='mlp', model_kwargs={'hidden': 8},
+        batch_size=4, eval_batch_size=4, num_train_steps=3, image_size=8,
+        eval_crop_pct=0.8, augment='rrc,crop_flip', validation_fraction=0.25,
+        **route)
+    stored = data_sources.load_dataset(**data_sources.dataset_options(
+        config)).train.get(np.arange(1))[0]
+    assert stored.shape == (1, 10, 10, 3)
+    train.train_and_evaluate(config, workdir)
+    info = json.load(open(os.path.join(workdir, 'dataset.json')))
+    assert info['image_shape'] == [8, 8, 3]
+    summaries.append(json.load(open(os.path.join(workdir, 'summary.json'))))
+  for summary in summaries[1:]:
+    for key in ('train_loss', 'validation_loss', 'test_loss'):
+      assert summary[key] == summaries[0][key], key

@@ -361,3 +361,44 @@ def test_a_crop_pct_below_1_resizes_the_shorter_side_and_centre_crops(
   whole = image_folder.decode_image(path, 12, 12, 3)
   np.testing.assert_array_equal(
       whole, np.asarray(Image.open(path).resize((12, 12), Image.BILINEAR)))
+
+
+@pytest.mark.parametrize('loading', ['memory', 'stream'])
+def test_rrc_keeps_training_images_larger_to_crop_from(tmp_path, loading):
+  folder = conftest.make_image_folder(str(tmp_path / 'images'),
+                                      size=(30, 40))
+  dataset = data_sources.load_dataset(
+      'custom', folder, image_size=16, loading=loading, crop_pct=0.8,
+      train_crop_pct=0.8, validation_fraction=0.25)
+  # The model's input everywhere; the train images kept at 16 / 0.8 = 20,
+  # their shorter side resized to 20 and centre-cropped square.
+  assert dataset.train.image_shape == (16, 16, 3)
+  assert dataset.validation.image_shape == (16, 16, 3)
+  images, _ = dataset.train.get(np.arange(2))
+  assert images.shape == (2, 20, 20, 3)
+  assert dataset.test.get(np.arange(2))[0].shape == (2, 16, 16, 3)
+  path = os.path.join(folder, 'train', 'cat', '000.png')
+  first = data_sources.load_dataset('custom', folder, image_size=16,
+                                    loading=loading, crop_pct=0.8,
+                                    train_crop_pct=0.8).train
+  np.testing.assert_array_equal(
+      first.get(np.arange(1))[0][0],
+      image_folder.decode_image(path, 20, 20, 3, keep_aspect=True))
+  # At most twice the size; and nothing changes without train_crop_pct.
+  assert data_sources.load_dataset(
+      'custom', folder, image_size=16, loading=loading, crop_pct=0.3,
+      train_crop_pct=0.3).train.get(np.arange(1))[0].shape == (1, 32, 32, 3)
+  assert data_sources.load_dataset(
+      'custom', folder, image_size=16, loading=loading, crop_pct=0.8
+  ).train.get(np.arange(1))[0].shape == (1, 16, 16, 3)
+
+
+def test_train_crop_pct_follows_rrc_and_eval_crop_pct():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.image_size, config.eval_crop_pct = 64, 0.875
+  assert data_sources.train_crop_pct(config) == 1.0  # No rrc.
+  config.augment = 'rrc,random_erasing'
+  assert data_sources.train_crop_pct(config) == 0.875
+  config.eval_crop_pct = 1.0
+  assert data_sources.train_crop_pct(config) == 1.0
