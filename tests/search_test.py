@@ -328,6 +328,20 @@ def test_pruned_trials_stop_are_recorded_and_never_resumed(tmp_path,
                                                       'trial_006') == 1
 
 
+def test_hyperband_prunes_through_the_same_path(tmp_path, monkeypatch,
+                                                fake_main):
+  monkeypatch.setenv('FAKE_EPOCH_SECONDS', '0.1')
+  workdir = str(tmp_path / 'sweep')
+  space = ['learning_rate=choice(0.9,0.8,0.7,0.6,0.2,0.1)']
+  monkeypatch.setattr(search, '_sampler', lambda kind, seed: _InOrder())
+  assert run_search(workdir, space=space, n_trials=6,
+                    pruner='hyperband') == 0
+  statuses = [r['status'] for r in sorted(read_csv(workdir),
+                                          key=lambda r: r['trial'])]
+  assert statuses[0] == 'done' and 'pruned' in statuses
+  assert set(statuses) == {'done', 'pruned'}
+
+
 class _InOrder:
   """A sampler giving each trial the next choice in order (by its
   number)."""
