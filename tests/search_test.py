@@ -6,7 +6,6 @@ the same flags, epochs of a few hundredths of a second, accuracy from the
 learning rate); the slow ones train for real in worker processes.
 """
 
-import json
 import os
 import runpy
 import signal
@@ -25,7 +24,7 @@ import sweep_runner
 import workdir_files
 from configs import default
 from sweep_report_test import read_csv
-from sweep_runner_test import check_in_process
+from sweep_runner_test import install_main
 
 TIMEOUT = 600
 
@@ -77,13 +76,8 @@ SPACE = ('learning_rate=uniform(0.1,0.9)', 'momentum=choice(0.8,0.9)')
 
 @pytest.fixture
 def fake_main(tmp_path, monkeypatch):
-  path = tmp_path / 'fake_main.py'
-  path.write_text(FAKE_MAIN)
-  monkeypatch.setattr(sweep_runner, 'MAIN', str(path))
-  monkeypatch.setattr(sweep_runner, 'check_configs_in_child',
-                      check_in_process)
   monkeypatch.setattr(search, 'POLL_SECONDS', 0.02)
-  return str(path)
+  return install_main(tmp_path, monkeypatch, FAKE_MAIN)
 
 
 FIXED = {'num_epochs': 3}

@@ -78,14 +78,19 @@ def check_in_process(configs):
   return results
 
 
-@pytest.fixture
-def fake_main(tmp_path, monkeypatch):
+def install_main(tmp_path, monkeypatch, code=FAKE_MAIN) -> str:
+  """Trials run `code` as their main.py; configs are checked in-process."""
   path = tmp_path / 'fake_main.py'
-  path.write_text(FAKE_MAIN)
+  path.write_text(code)
   monkeypatch.setattr(sweep_runner, 'MAIN', str(path))
   monkeypatch.setattr(sweep_runner, 'check_configs_in_child',
                       check_in_process)
   return str(path)
+
+
+@pytest.fixture
+def fake_main(tmp_path, monkeypatch):
+  return install_main(tmp_path, monkeypatch)
 
 
 class FakeProc:
