@@ -10,7 +10,8 @@ ARGS ?=
 .PHONY: venv data train test test-all gpu-bundle
 
 # requirements-extras.txt: optional packages (PyTorch CPU for .pth weights
-# and the parity tests, safetensors, huggingface_hub); requirements-onnx.txt:
+# and the parity tests, safetensors, huggingface_hub; mlflow-skinny and wandb
+# for config.trackers); requirements-onnx.txt:
 # the ONNX exporter, without its declared dependencies (the file says why).
 # The tests need both.
 $(VENV)/.installed: requirements.txt requirements-extras.txt requirements-onnx.txt

@@ -324,7 +324,10 @@ def log_config_changes(saved: dict, config: ml_collections.ConfigDict,
   """Says which allowed config changes a resumed run picks up, and what they
   mean."""
   for key, meaning in RESUME_CHANGES.items():
-    if key in saved and saved[key] != config[key]:
+    value = config[key]
+    if isinstance(value, ml_collections.ConfigDict):  # As `saved` has it.
+      value = value.to_dict()
+    if key in saved and saved[key] != value:
       logging.warning('Resuming at step %d with %s=%r (the checkpoint was '
-                      'written with %r): %s', step, key, config[key],
-                      saved[key], meaning)
+                      'written with %r): %s', step, key, value, saved[key],
+                      meaning)

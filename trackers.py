@@ -5,19 +5,22 @@ training workdir; the SummaryWriter hands it every scalar it writes, and
 `Trackers.finish` adds the summary's figures and closes the runs.
 docs/trackers.md says where the runs go.
 
-A resumed session replays the steps between its checkpoint and the point
-where the killed one stopped. A tracker cannot drop points, as
-event_files.truncate_after does for TensorBoard, so `W/trackers.json`
-records the last step each tracker logged for each metric, and points at or
-before it are skipped (the replayed values are the same: the trainer is
+`W/trackers.json` keeps each tracker's run id, so that a resumed session
+continues the same runs. That session replays the steps between its
+checkpoint and the point where the killed one stopped; a tracker cannot drop
+points, as event_files.truncate_after does for TensorBoard, so each tracker
+is asked at start for the last step it holds of each metric, and points at
+or before it are skipped (the replayed values are the same: the trainer is
 deterministic). A tracker that fails is dropped with one warning line: it
 never stops training.
 """
 
 import contextlib
+import glob
 import hashlib
 import importlib.util
 import os
+import struct
 import time
 from typing import Optional
 
@@ -39,6 +42,7 @@ _MLFLOW_HTTP_DEFAULTS = {'MLFLOW_HTTP_REQUEST_MAX_RETRIES': '2',
 # MLflow's limits (mlflow.utils.validation) and per-call batch sizes.
 _MLFLOW_VALUE_LENGTH = 6000
 _MLFLOW_BATCH = 100
+_WANDB_BLOCK = 32768
 # summary.json's timings, named like the last epoch's metrics.
 _TIMINGS = ('train_seconds', 'train_images_per_second')
 
@@ -109,7 +113,7 @@ def summary_figures(summary: dict) -> dict:
 
 def _one_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
-  return f'{type(error).__name__}: {text[0][:200] if text else ""}'
+  return f'{type(error).__name__}: {text[0][:300] if text else ""}'
 
 
 class _MLflow:
@@ -135,7 +139,6 @@ class _MLflow:
       except exceptions.MlflowException:
         logging.warning('MLflow run %s (trackers.json) is not in %s; '
                         'starting a new run there', state['run_id'], uri)
-        state.update(run_id=None, logged={})
     if run is None:
       run = client.create_run(self._experiment_id(project),
                               run_name=run_name(workdir))
@@ -153,9 +156,8 @@ class _MLflow:
                             if k not in had],
                     tags=[entities.RunTag(k, self._clip(v))
                           for k, v in tags.items()])
-    # What is in the store counts too: a kill between logging and saving
-    # trackers.json would otherwise log those points twice.
-    self.logged_in_store = {
+    # The last step of each metric the run holds: replayed steps are skipped.
+    self.logged = {
         key: max(m.step for m in client.get_metric_history(self._run_id, key))
         for key in run.data.metrics}
 
@@ -209,12 +211,15 @@ class _Wandb:
     mode = os.environ.get('WANDB_MODE') or (
         'online' if _wandb_logged_in(wandb) else 'offline')
     state.setdefault('run_id', wandb_run_id(workdir))
+    state.update(project=project, mode=mode)
+    self.logged = wandb_logged_steps(workdir, state['run_id'])
     self._run = wandb.init(
         project=project, id=state['run_id'], resume='allow', dir=workdir,
         mode=mode, name=run_name(workdir),
-        group=os.environ.get(SWEEP_NAME_ENV) or None)
+        group=os.environ.get(SWEEP_NAME_ENV) or None,
+        # Without its history and summary tables at the end (30 lines).
+        settings=wandb.Settings(quiet=True))
     self._run.config.update(params, allow_val_change=True)
-    self.logged_in_store = {}
 
   def log(self, step: int, scalars: dict):
     self._run.log(scalars, step=step)
@@ -224,6 +229,56 @@ class _Wandb:
 
   def finish(self, status: str):
     self._run.finish(exit_code=0 if status == 'FINISHED' else 1)
+
+
+def wandb_logged_steps(workdir: str, run_id: str) -> dict:
+  """{metric: its last step} in the local logs of every session of a W&B
+  run (what W&B has on disk; a session killed hard lost its last partial
+  block, and those points are logged again)."""
+  logged = {}
+  for path in glob.glob(os.path.join(workdir, workdir_files.WANDB_DIR,
+                                     f'*-{run_id}', f'run-{run_id}.wandb')):
+    try:
+      records = read_wandb_records(path)
+    except Exception as e:  # pylint: disable=broad-except
+      # W&B's format, not ours: an unreadable log only costs duplicates.
+      logging.warning('Cannot read %s (%s); its points are logged again',
+                      path, _one_line(e))
+      continue
+    for record in records:
+      if record.WhichOneof('record_type') == 'history':
+        step = record.history.step.num
+        for item in record.history.item:
+          key = item.key or '.'.join(item.nested_key)
+          logged[key] = max(step, logged.get(key, -1))
+  return logged
+
+
+def read_wandb_records(path: str) -> list:
+  """The records (wandb_internal_pb2.Record) of a run-ID.wandb file, the
+  log `wandb sync` uploads: LevelDB's log format, with a 7-byte header
+  (':W&B', magic, version) and 32 KiB blocks of records (checksum, length,
+  type: full, first, middle, last part). A record cut by a kill is left
+  out."""
+  from wandb.proto import wandb_internal_pb2  # pylint: disable=g-import-not-at-top
+  with open(path, 'rb') as f:
+    data = f.read()
+  if data[:4] != b':W&B':
+    raise ValueError(f'{path} is not a W&B run log')
+  pos, parts, records = 7, [], []
+  while pos + 7 <= len(data):
+    left = _WANDB_BLOCK - pos % _WANDB_BLOCK
+    if left < 7:  # Too short for a record header: padding.
+      pos += left
+      continue
+    _, length, kind = struct.unpack('<IHB', data[pos:pos + 7])
+    chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+    if kind == 0 or pos > len(data):  # Zeros after the end, or cut.
+      break
+    parts = [chunk] if kind in (1, 2) else parts + [chunk]
+    if kind in (1, 4):
+      records.append(wandb_internal_pb2.Record.FromString(b''.join(parts)))
+  return records
 
 
 def _wandb_logged_in(wandb) -> bool:
@@ -248,10 +303,8 @@ TRACKERS = {'mlflow': _MLflow, 'wandb': _Wandb}
 class Trackers:
   """The open trackers of a run (none on processes other than 0)."""
 
-  def __init__(self, workdir: Optional[str] = None, opened=(),
-               state: Optional[dict] = None):
-    self._workdir, self._open, self._state = workdir, list(opened), state
-    self.final_step = None
+  def __init__(self, opened=()):
+    self._open = list(opened)
 
   @property
   def names(self) -> list[str]:
@@ -259,16 +312,11 @@ class Trackers:
 
   def write_scalars(self, step: int, scalars):
     """Logs the points after each tracker's last logged step."""
-    logged = False
     for tracker in list(self._open):
-      last = self._state[tracker.name]['logged']
       points = {k: float(v) for k, v in scalars.items()
-                if step > last.get(k, -1)}
+                if step > tracker.logged.get(k, -1)}
       if points and self._call(tracker, tracker.log, step, points):
-        last.update(dict.fromkeys(points, step))
-        logged = True
-    if logged:
-      self.save()
+        tracker.logged.update(dict.fromkeys(points, step))
 
   def finish(self, summary: Optional[dict] = None,
              status: str = 'FINISHED'):
@@ -277,7 +325,7 @@ class Trackers:
     if summary is not None:
       figures = summary_figures(summary)
       self.write_scalars(summary['final_step'], figures)
-      for tracker in self._open:
+      for tracker in list(self._open):
         if hasattr(tracker, 'summarize'):
           self._call(tracker, tracker.summarize, figures)
     for tracker in list(self._open):
@@ -305,11 +353,6 @@ class Trackers:
       self._open.remove(tracker)
       return False
 
-  def save(self):
-    """Writes trackers.json: each tracker's run and last logged steps."""
-    workdir_files.write_json(
-        os.path.join(self._workdir, workdir_files.TRACKERS), self._state)
-
 
 def open_trackers(names: list[str], workdir: str, *, project: str,
                   config: dict, tags: dict) -> Trackers:
@@ -336,19 +379,15 @@ def open_trackers(names: list[str], workdir: str, *, project: str,
   params = flat_config(config)
   opened = []
   for name in names:
-    record = state.setdefault(name, {})
-    record.setdefault('logged', {})
     try:
-      tracker = TRACKERS[name](workdir, project, params, tags, record)
+      opened.append(TRACKERS[name](workdir, project, params, tags,
+                                   state.setdefault(name, {})))
     except Exception as e:  # pylint: disable=broad-except
       logging.warning('Tracker %s could not start (%s); training goes on '
                       'without it', name, _one_line(e))
-      continue
-    for key, step in tracker.logged_in_store.items():
-      record['logged'][key] = max(step, record['logged'].get(key, -1))
-    opened.append(tracker)
-  trackers = Trackers(workdir, opened, state)
-  trackers.save()
+  workdir_files.write_json(os.path.join(workdir, workdir_files.TRACKERS),
+                           state)
+  trackers = Trackers(opened)
   if opened:
     logging.info('Tracking the run with %s (%s)', ', '.join(
         trackers.names), os.path.join(workdir, workdir_files.TRACKERS))

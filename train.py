@@ -387,11 +387,12 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
 def _open_trackers(config, workdir, dataset) -> trackers.Trackers:
   """The run's experiment trackers; none on processes other than 0, which
   write no TensorBoard events either."""
-  if not config.trackers or jax.process_index() != 0:
+  names = trackers.parse_trackers(config.trackers)
+  if not names or jax.process_index() != 0:
     return trackers.Trackers()
   folder = data_sources.source_kind(config.data_dir) in ('folder', 'flat')
   return trackers.open_trackers(
-      trackers.parse_trackers(config.trackers), workdir,
+      names, workdir,
       project=config.tracker_project, config=config.to_dict(),
       tags={'model': config.model,
             'dataset': os.path.basename(os.path.abspath(config.data_dir))

@@ -1,7 +1,8 @@
 """Inference images/s: our predict path against the exported artifacts.
 
-For each model of MODELS, a short run on the Fashion-MNIST files (weights
-do not change the speed), exported by `--mode=export` with every format;
+For each model of MODELS, a short main.py run on the Fashion-MNIST files
+(weights do not change the speed), exported by `--mode=export` with every
+format;
 then, on one fixed batch of uint8 images (already decoded, as every
 contender receives them: decoding is the same PIL code for all and is left
 out), the probabilities of:
@@ -91,20 +92,16 @@ def lineup(args, scratch):
   every contender gives predict's probabilities."""
   # pylint: disable=g-import-not-at-top
   import export
-  import train
   import workdir_files
-  from configs import fashion_mnist
 
   runners = {}
   for name, (model, kwargs) in MODELS.items():
-    config = fashion_mnist.get_config()
-    config.data_dir = args.data_dir
-    config.model = model
-    config.model_kwargs.update(kwargs)
-    config.num_train_steps = TRAIN_STEPS
-    config.log_every_steps = TRAIN_STEPS
     workdir = f'{scratch}/{name}'
-    train.train_and_evaluate(config, workdir)
+    common.run_or_exit(common.main_command(
+        workdir, 'configs/fashion_mnist.py', args.data_dir,
+        f'--config.model={model}', f'--config.num_train_steps={TRAIN_STEPS}',
+        f'--config.log_every_steps={TRAIN_STEPS}',
+        *(f'--config.model_kwargs.{k}={v}' for k, v in kwargs.items())))
     record, errors = export.export(workdir_files.load_config(workdir),
                                    workdir, export_dir=f'{workdir}/export')
     if errors:

@@ -44,6 +44,9 @@ from configs import default
     ('eval_crop_pct', 1.5, 'eval_crop_pct must be in (0, 1], got 1.5'),
     ('interpolation', 'nearest',
      "unknown interpolation 'nearest'; accepted: bilinear, bicubic"),
+    ('trackers', 'tensorboard',
+     "unknown tracker 'tensorboard' in trackers 'tensorboard'; accepted: "
+     "mlflow, wandb"),
 ])
 def test_bad_value_is_named(key, value, match):
   config = default.get_config()
