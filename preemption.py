@@ -21,7 +21,12 @@ import cli
 
 
 class Preempted(Exception):
-  """SIGTERM or SIGINT arrived; a checkpoint of the current step was saved."""
+  """SIGTERM or SIGINT arrived; a checkpoint of the current step (`step`)
+  was saved."""
+
+  def __init__(self, message: str = '', step=None):
+    super().__init__(message)
+    self.step = step
 
 
 class PreemptionHandler:

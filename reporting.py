@@ -226,14 +226,65 @@ def write_results(workdir: str, dataset, progress: Progress,
     best_step: the best checkpoint, as the checkpoint manager ranks it.
     config: the run's config, as a dict.
     stop_reason: 'finished', or 'early_stopping' for a run that stopped
-      before its last step.
+      before its last step (write_stopped_summary: 'preempted',
+      'diverged').
     eval_flip: predict on the mean logits of each image and its mirror.
   """
-  final = progress.history[-1]
-  split = dataset.selection_split
+  summary = summary_of(progress, total_steps=total_steps,
+                       batch_size=batch_size, best_step=best_step,
+                       split=dataset.selection_split, config=config,
+                       stop_reason=stop_reason)
+  plotted = data_sources.Subset(dataset.test,
+                                plotted_examples(len(dataset.test)))
+  # One batch of them, padded to the device count as evaluation pads.
+  batch = -(-len(plotted) // jax.device_count()) * jax.device_count()
+  test_images, _, _ = next(input_pipeline.eval_batches(
+      plotted, batch, jax.process_index(), jax.process_count()))
+  predict = jax.jit(functools.partial(steps.predict_step, use_ema=use_ema,
+                                      flip=eval_flip))
+  logits = predict(state, *mesh.put_batch(test_images))
+  logits = multihost_utils.process_allgather(logits, tiled=True)
+  if jax.process_index() == 0:
+    workdir_files.write_json(os.path.join(workdir, workdir_files.SUMMARY),
+                             summary)
+    import plots  # pylint: disable=g-import-not-at-top  # matplotlib: 1 s.
+    plots.plot_history(progress.history,
+                       os.path.join(workdir, workdir_files.METRICS_PLOT))
+    images, labels = plotted.get(np.arange(len(plotted)))
+    plots.plot_predictions(
+        images, labels,
+        np.asarray(logits[:len(plotted)]).argmax(-1), dataset.class_names,
+        os.path.join(workdir, workdir_files.PREDICTIONS_PLOT))
+  return summary
+
+
+def write_stopped_summary(workdir: str, progress: Progress, *, step: int,
+                          stop_reason: str, batch_size: int,
+                          best_step: Optional[int], split: str, config: dict,
+                          error: str = ''):
+  """summary.json of a run stopped before its end (`stop_reason`
+  'preempted' or 'diverged', at `step`): what it has so far, written at
+  once, no plots; a rerun continues the run and replaces it."""
+  if jax.process_index() != 0:
+    return
+  summary = summary_of(progress, total_steps=step, batch_size=batch_size,
+                       best_step=best_step, split=split, config=config,
+                       stop_reason=stop_reason)
+  if error:
+    summary['error'] = error
+  workdir_files.write_json(os.path.join(workdir, workdir_files.SUMMARY),
+                           summary)
+
+
+def summary_of(progress: Progress, *, total_steps: int, batch_size: int,
+               best_step: Optional[int], split: str, config: dict,
+               stop_reason: str) -> dict:
+  """summary.json's content: the last epoch's figures (none before the
+  first), the best checkpoint's, times, history, config and runtime."""
+  final = progress.history[-1] if progress.history else {'epoch': 0.0}
   best = next((h for h in progress.history if h['step'] == best_step),
               None)
-  summary = {
+  return {
       'final_step': total_steps, 'stop_reason': stop_reason,
       'epoch': final['epoch'],
       **{k: v for k, v in final.items()
@@ -259,28 +310,6 @@ def write_results(workdir: str, dataset, progress: Progress,
       'initialized_from': progress.initialized_from,
       'model_code': progress.model_code,
   }
-  plotted = data_sources.Subset(dataset.test,
-                                plotted_examples(len(dataset.test)))
-  # One batch of them, padded to the device count as evaluation pads.
-  batch = -(-len(plotted) // jax.device_count()) * jax.device_count()
-  test_images, _, _ = next(input_pipeline.eval_batches(
-      plotted, batch, jax.process_index(), jax.process_count()))
-  predict = jax.jit(functools.partial(steps.predict_step, use_ema=use_ema,
-                                      flip=eval_flip))
-  logits = predict(state, *mesh.put_batch(test_images))
-  logits = multihost_utils.process_allgather(logits, tiled=True)
-  if jax.process_index() == 0:
-    workdir_files.write_json(os.path.join(workdir, workdir_files.SUMMARY),
-                             summary)
-    import plots  # pylint: disable=g-import-not-at-top  # matplotlib: 1 s.
-    plots.plot_history(progress.history,
-                       os.path.join(workdir, workdir_files.METRICS_PLOT))
-    images, labels = plotted.get(np.arange(len(plotted)))
-    plots.plot_predictions(
-        images, labels,
-        np.asarray(logits[:len(plotted)]).argmax(-1), dataset.class_names,
-        os.path.join(workdir, workdir_files.PREDICTIONS_PLOT))
-  return summary
 
 
 def plotted_examples(num_test: int) -> np.ndarray:

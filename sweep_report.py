@@ -31,7 +31,7 @@ def trial_status(workdir: str) -> str:
   """'done', 'pruned' (a search's pruner stopped it), 'failed',
   'interrupted' (resumable) or 'pending', from the files in the trial's
   `workdir`."""
-  if os.path.isfile(os.path.join(workdir, workdir_files.SUMMARY)):
+  if workdir_files.finished(workdir):  # Not preempted or diverged.
     return 'done'
   if os.path.isfile(os.path.join(workdir, workdir_files.PRUNED)):
     return 'pruned'

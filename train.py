@@ -41,7 +41,11 @@ import workdir_files
 
 
 class DivergenceError(RuntimeError):
-  """The loss, a gradient or a parameter became NaN or infinite."""
+  """The loss, a gradient or a parameter became NaN or infinite at `step`."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -223,13 +227,13 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
                  'not improved for %d epochs; nothing to train', workdir,
                  epoch, start_step, watched, config.early_stopping_patience)
     summary = None
-    if not os.path.isfile(os.path.join(workdir, workdir_files.SUMMARY)):
+    if not workdir_files.finished(workdir):
       summary = write_results(state, start_step, 'early_stopping')
     manager.close()
     return summary
   if start_step >= total_steps and (meta is not None or total_steps > 0):
     summary = None
-    if os.path.isfile(os.path.join(workdir, workdir_files.SUMMARY)):
+    if workdir_files.finished(workdir):
       logging.info('Run in %s already finished at step %d of %d; nothing to '
                    'train. Results are in %s', workdir, start_step,
                    total_steps, os.path.join(workdir, workdir_files.SUMMARY))
@@ -285,9 +289,15 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
   early_stop = False
   window_start, window_steps = time.time(), 0
 
+  def write_stopped(step, stop_reason, error):
+    reporting.write_stopped_summary(
+        workdir, progress, step=step, stop_reason=stop_reason,
+        batch_size=config.batch_size, best_step=manager.best_step(),
+        split=dataset.selection_split, config=config.to_dict(), error=error)
+
   with (tracked.finished_on_error(),
         preemption.PreemptionHandler() as stop_signal,
-        _finish_saves_on_error(manager)):
+        _finish_saves_on_error(manager), _summary_on_stop(write_stopped)):
     if total_steps == 0:  # The initial (e.g. pretrained) state, as step 0.
       evaluations = {split: steps.evaluate(eval_step, state, data,
                                            eval_batch_size, mesh)
@@ -365,7 +375,7 @@ def _train(config, workdir, dataset, model, tx, lr_fn, signature_fn,
         raise preemption.Preempted(
             f'stopped by {stop_signal.signal_name} at step {done} of '
             f'{total_steps}; checkpoint saved in {checkpoint_dir}. Run the '
-            f'same command again to continue')
+            f'same command again to continue', step=done)
       if log_now:
         window_start, window_steps = time.time(), 0
     checkpointing.wait(manager)
@@ -466,7 +476,7 @@ def check_finite(state: steps.TrainState, checkpoint_dir: str):
         f'loss or gradients are not finite at step {bad}; stopped without '
         f'saving it. Latest good checkpoint: '
         f'{f"step {kept[-1]}" if kept else "none"}. Try a lower '
-        f'learning_rate')
+        f'learning_rate', step=bad)
 
 
 def save(manager, step: int, state: steps.TrainState, meta: dict, writer,
@@ -480,6 +490,22 @@ def save(manager, step: int, state: steps.TrainState, meta: dict, writer,
   writer.flush()  # Points up to `step` are on disk before its checkpoint.
   checkpointing.save(manager, step, state, meta, scores)
   faults.trigger('checkpoint', step)
+
+
+@contextlib.contextmanager
+def _summary_on_stop(write_stopped):
+  """A run preempted or diverged leaves a summary.json saying so
+  (stop_reason 'preempted' or 'diverged', its figures so far), then the
+  error goes on; a rerun continues the run and replaces it."""
+  try:
+    yield
+  except preemption.Preempted as e:
+    if e.step is not None:
+      write_stopped(e.step, 'preempted', '')
+    raise
+  except DivergenceError as e:
+    write_stopped(e.step, 'diverged', str(e))
+    raise
 
 
 @contextlib.contextmanager

@@ -102,6 +102,22 @@ def hold_lock(workdir: str):
     os.close(fd)  # Closing releases the lock.
 
 
+# summary.json's stop_reason of a run that stopped before its end; its
+# summary is then what it had so far, and a rerun continues it.
+UNFINISHED_STOPS = ('preempted', 'diverged')
+
+
+def finished(workdir: str) -> bool:
+  """Whether the run in `workdir` has ended: its summary.json says it
+  finished or stopped early (not that it was preempted or diverged)."""
+  try:
+    summary = read_json(workdir, SUMMARY)
+  except WorkdirError:
+    return False
+  return summary is not None and summary.get(
+      'stop_reason') not in UNFINISHED_STOPS
+
+
 def write_json(path: str, obj: Any):
   """Writes JSON atomically: readers never see a half-written file."""
   tmp = path + '.tmp'

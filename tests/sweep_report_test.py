@@ -119,3 +119,16 @@ def test_ranking_on_the_test_set_is_warned_of_under_the_table(tmp_path):
   table = sweep_report.write_reports(str(tmp_path), [row('a', 'validation')])
   assert 'warning' not in table and 'warning' not in open(
       tmp_path / 'sweep.md').read()
+
+
+def test_a_preempted_or_diverged_summary_is_not_done(tmp_path):
+  trial = tmp_path / 'trial'
+  (trial / 'checkpoints').mkdir(parents=True)
+  for reason, status in (('preempted', 'interrupted'),
+                         ('diverged', 'interrupted'),
+                         ('early_stopping', 'done'), ('finished', 'done')):
+    (trial / 'summary.json').write_text(json.dumps({'stop_reason': reason}))
+    assert sweep_report.trial_status(str(trial)) == status, reason
+  (trial / 'summary.json').write_text(json.dumps({'stop_reason': 'diverged'}))
+  (trial / 'failed.json').write_text(json.dumps({'error': 'not finite'}))
+  assert sweep_report.trial_status(str(trial)) == 'failed'

@@ -140,9 +140,16 @@ def test_preempted_run_resumes_bitwise(tmp_path, small_data_dir, reference,
   with pytest.raises(preemption.Preempted, match='stopped by SIGTERM at step 30'):
     run(small_data_dir, workdir)
   assert conftest.checkpoint_steps(workdir)[-1] == 30
+  # It says so, with what it had: its first epoch (32 steps) not yet done.
+  summary = workdir_files.read_json(workdir, workdir_files.SUMMARY)
+  assert summary['stop_reason'] == 'preempted'
+  assert summary['final_step'] == 30 and summary['history'] == []
+  assert not workdir_files.finished(workdir)
   monkeypatch.delenv('TRAINER_FAULT')
   run(small_data_dir, workdir)
   conftest.assert_same_run(workdir, reference, TOTAL_STEPS)
+  assert workdir_files.read_json(workdir, workdir_files.SUMMARY)[
+      'stop_reason'] == 'finished'
 
 
 def test_a_preempted_run_keeps_the_time_of_its_last_partial_window(
@@ -263,6 +270,12 @@ def test_divergence_stops_without_saving_nonfinite_state(tmp_path,
     run(small_data_dir, workdir, learning_rate=1e6)
   bad_step = int(str(error.value).split('at step ')[1].split(';')[0])
   assert 24 < bad_step <= TOTAL_STEPS
+  summary = workdir_files.read_json(workdir, workdir_files.SUMMARY)
+  assert summary['stop_reason'] == 'diverged'
+  assert summary['final_step'] == bad_step == error.value.step
+  assert summary['error'] == str(error.value)
+  # Its figures so far: the first run's end (step 24), nothing after.
+  assert [h['step'] for h in summary['history']] == [24]
   assert conftest.checkpoint_steps(workdir)[-1] < bad_step
   _, state = conftest.final_state(workdir)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
