@@ -22,6 +22,7 @@ accuracy on the run's selection split (validation when it has one).
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -82,7 +83,7 @@ def _distribution(config, key: str, kind: str, args: list, spec: str):
   """The Optuna distribution of one --space entry, checked against the
   config value's type."""
   distributions = _optuna().distributions
-  found, current = sweep_runner._current(config, key)  # pylint: disable=protected-access
+  found, current = sweep_runner.current_value(config, key)
   if isinstance(current, ml_collections.ConfigDict):
     raise SweepError(f'--space={spec!r}: {key} is a dict of options; '
                      f'accepted: its keys, one at a time ({key}.KEY=...)')
@@ -284,6 +285,17 @@ def _describe(record: dict) -> str:
   return f'{name}({a.get("low")},{a.get("high")})'
 
 
+# Optuna's FrozenTrial keeps its storage id private, and Study its storage;
+# the lease is a user attribute set through that storage by id (the one way
+# to set one on a trial another process asked for).
+def _trial_id(trial) -> int:
+  return trial._trial_id  # pylint: disable=protected-access
+
+
+def _storage_of(study):
+  return study._storage  # pylint: disable=protected-access
+
+
 def trial_name(number: int) -> str:
   return f'trial_{number:03d}'
 
@@ -317,8 +329,9 @@ class Worker:
     self._id = f'{socket.gethostname()}:{os.getpid()}'
     self.messages = []
 
-  def _lease(self, trial_id: int, seconds: float):
-    self.study._storage.set_trial_user_attr(  # pylint: disable=protected-access
+  def lease(self, trial_id: int, seconds: float):
+    """Claims the trial for `seconds` from now (negative: frees it)."""
+    _storage_of(self.study).set_trial_user_attr(
         trial_id, 'lease', {'worker': self._id, 'until': time.time() + seconds})
 
   def claim(self) -> Optional[Claim]:
@@ -343,8 +356,8 @@ class Worker:
         mine = slot >= 0 and t.user_attrs.get('slot') == slot
         expired = t.user_attrs.get('lease', {}).get('until', 0) < time.time()
         if mine or (slot < 0 and expired):
-          self._lease(t._trial_id, self.options.lease_seconds)  # pylint: disable=protected-access
-          return Claim(t._trial_id, t.number, t.user_attrs['name'],  # pylint: disable=protected-access
+          self.lease(_trial_id(t), self.options.lease_seconds)
+          return Claim(_trial_id(t), t.number, t.user_attrs['name'],
                        dict(t.params), resumed=True)
       if slot >= 0:
         done = [t for t in trials if t.user_attrs.get('slot') == slot]
@@ -373,8 +386,8 @@ class Worker:
       trial.set_user_attr('name', name)
       if slot >= 0:
         trial.set_user_attr('slot', slot)
-      self._lease(trial._trial_id, self.options.lease_seconds)  # pylint: disable=protected-access
-      return Claim(trial._trial_id, trial.number, name, dict(trial.params),  # pylint: disable=protected-access
+      self.lease(_trial_id(trial), self.options.lease_seconds)
+      return Claim(_trial_id(trial), trial.number, name, dict(trial.params),
                    resumed=False)
     finally:
       self._lock.release()
@@ -389,7 +402,7 @@ class Worker:
     watcher = _Watcher(self, claim, folder)
     on_start = None
     if progress is not None:
-      on_start = lambda log: progress.start(claim.name, log)  # pylint: disable=g-long-lambda
+      on_start = functools.partial(progress.start, claim.name)
     status = sweep_runner.run_trial(folder, self.config_file, self.fixed,
                                     claim.params, device, self.stop,
                                     on_start=on_start, watch=watcher.watch)
@@ -404,7 +417,7 @@ class Worker:
     elif status == 'failed':
       self.study.tell(claim.number, state=states.FAIL, skip_if_finished=True)
     else:  # Stopped: free at once for the next worker (a rerun here).
-      self._lease(claim.trial_id, -1)
+      self.lease(claim.trial_id, -1)
     if status and progress is not None:
       progress.end(claim.name, status, folder)
     return status
@@ -438,7 +451,7 @@ class _Watcher:
   def watch(self, proc: subprocess.Popen):
     optuna = _optuna()
     trial = optuna.trial.Trial(self.worker.study, self.claim.trial_id)
-    reported = set(self.worker.study._storage.get_trial(  # pylint: disable=protected-access
+    reported = set(_storage_of(self.worker.study).get_trial(
         self.claim.trial_id).intermediate_values)
     renew_every = self.worker.options.lease_seconds / 3
     renewed, seen = time.monotonic(), None
@@ -446,8 +459,8 @@ class _Watcher:
     while proc.poll() is None:
       time.sleep(POLL_SECONDS)
       if time.monotonic() - renewed >= renew_every:
-        self.worker._lease(self.claim.trial_id,  # pylint: disable=protected-access
-                           self.worker.options.lease_seconds)
+        self.worker.lease(self.claim.trial_id,
+                          self.worker.options.lease_seconds)
         renewed = time.monotonic()
       if self.pruned:
         continue
@@ -586,7 +599,7 @@ def search_and_report(workdir, config, config_file, fixed, space_specs,
   print(f'[sweep] {options.search} search, {options.n_trials} trials in '
         f'{sweep_report.show_path(workdir)} (this worker: '
         f'{options.parallel} at a time)', flush=True)
-  handler = lambda signum, frame: sweep_runner.handle_signal(stop, signum)  # pylint: disable=g-long-lambda
+  handler = functools.partial(sweep_runner.handle_signal, stop)
   previous = {s: signal.signal(s, handler)
               for s in (signal.SIGTERM, signal.SIGINT)}
   progress = sweep_report.Progress(options.n_trials, options.parallel)

@@ -84,7 +84,8 @@ class SweepError(ValueError):
     self.details = details
 
 
-def _current(config: ml_collections.ConfigDict, key: str) -> tuple[bool, Any]:
+def current_value(config: ml_collections.ConfigDict,
+                  key: str) -> tuple[bool, Any]:
   """(True, value) of `key` ('lr', 'model_kwargs.stem') in `config`, or
   (False, None) for a NAME_kwargs key the config does not list yet;
   SweepError for a key main.py would not take."""
@@ -111,7 +112,7 @@ def parse_value(config: ml_collections.ConfigDict, key: str, text: Any):
   A NAME_kwargs.KEY the config lacks takes its value as main.py reads it
   (cli.parse_value); the config's rules check it before the sweep runs.
   """
-  found, current = _current(config, key)
+  found, current = current_value(config, key)
   if isinstance(current, ml_collections.ConfigDict):
     raise SweepError(f'{key} is a dict of options; accepted: its keys, one '
                      f'at a time (--sweep={key}.KEY=V1,V2)')
@@ -456,7 +457,8 @@ def _stop_with_parent():
   child outlives the sweep as before."""
   try:
     import ctypes  # pylint: disable=g-import-not-at-top
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
   except (OSError, AttributeError):
     pass
 

@@ -16,6 +16,7 @@ never stops training.
 """
 
 import contextlib
+import fcntl
 import glob
 import hashlib
 import importlib.util
@@ -116,6 +117,25 @@ def _one_line(error: BaseException) -> str:
   return f'{type(error).__name__}: {text[0][:300] if text else ""}'
 
 
+@contextlib.contextmanager
+def _first_use_lock(uri: str):
+  """Holds a lock file beside a SQLite store while a run opens it.
+
+  MLflow creates a new SQLite store's tables on first use; two trials of a
+  sweep starting at once both try, and one fails (alembic: "table
+  _alembic_tmp_experiments already exists"). Other stores need no lock.
+  """
+  if not uri.startswith('sqlite:///'):
+    yield
+    return
+  with open(uri[len('sqlite:///'):] + '.lock', 'a') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class _MLflow:
   """One MLflow run per workdir, reopened by the id trackers.json keeps."""
 
@@ -131,35 +151,36 @@ class _MLflow:
     if uri.startswith(('http:', 'https:')):
       for key, value in _MLFLOW_HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    self._client = client = tracking.MlflowClient(uri)
-    run = None
-    if state.get('run_id'):
-      try:
-        run = client.get_run(state['run_id'])
-      except exceptions.MlflowException:
-        logging.warning('MLflow run %s (trackers.json) is not in %s; '
-                        'starting a new run there', state['run_id'], uri)
-    if run is None:
-      run = client.create_run(self._experiment_id(project),
-                              run_name=run_name(workdir))
-      state.update(tracking_uri=uri, run_id=run.info.run_id)
-    else:
-      client.update_run(run.info.run_id, status='RUNNING')
-    self._run_id = run.info.run_id
-    params = {k: self._clip(v) for k, v in params.items()}
-    had = run.data.params
-    # A resume may change some keys (config_rules.RESUME_CHANGES); MLflow
-    # refuses to change a param, so the new values go in as tags.
-    tags = dict(tags, **{f'changed.{k}': v for k, v in params.items()
-                         if k in had and had[k] != v})
-    self._log_batch(params=[entities.Param(k, v) for k, v in params.items()
-                            if k not in had],
-                    tags=[entities.RunTag(k, self._clip(v))
-                          for k, v in tags.items()])
-    # The last step of each metric the run holds: replayed steps are skipped.
-    self.logged = {
-        key: max(m.step for m in client.get_metric_history(self._run_id, key))
-        for key in run.data.metrics}
+    with _first_use_lock(uri):
+      self._client = client = tracking.MlflowClient(uri)
+      run = None
+      if state.get('run_id'):
+        try:
+          run = client.get_run(state['run_id'])
+        except exceptions.MlflowException:
+          logging.warning('MLflow run %s (trackers.json) is not in %s; '
+                          'starting a new run there', state['run_id'], uri)
+      if run is None:
+        run = client.create_run(self._experiment_id(project),
+                                run_name=run_name(workdir))
+        state.update(tracking_uri=uri, run_id=run.info.run_id)
+      else:
+        client.update_run(run.info.run_id, status='RUNNING')
+      self._run_id = run.info.run_id
+      params = {k: self._clip(v) for k, v in params.items()}
+      had = run.data.params
+      # A resume may change some keys (config_rules.RESUME_CHANGES); MLflow
+      # refuses to change a param, so the new values go in as tags.
+      tags = dict(tags, **{f'changed.{k}': v for k, v in params.items()
+                           if k in had and had[k] != v})
+      self._log_batch(params=[entities.Param(k, v) for k, v in params.items()
+                              if k not in had],
+                      tags=[entities.RunTag(k, self._clip(v))
+                            for k, v in tags.items()])
+      # The last step of each metric the run holds: replayed steps are skipped.
+      self.logged = {
+          key: max(m.step for m in client.get_metric_history(self._run_id, key))
+          for key in run.data.metrics}
 
   def _experiment_id(self, project):
     experiment = self._client.get_experiment_by_name(project)

@@ -386,3 +386,41 @@ def test_a_run_killed_for_real_logs_each_point_once_after_its_resume(
   # is lost, and the points of steps up to the checkpoint are not replayed.
   assert len(wandb_sessions(workdir)) == 2
   assert_points_match(wandb_run(workdir)[0], workdir, complete_after=16)
+
+
+# Started at the same instant, in processes of their own: a new SQLite store
+# is created once, under the lock beside it, and both runs are in it.
+OPEN_AT = '''
+import os, sys, time
+sys.path.insert(0, {root!r})
+import trackers
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+opened = trackers.open_trackers(['mlflow'], sys.argv[1], project='sweep',
+                                config={{'seed': 0}}, tags={{}})
+print(opened.names)
+'''
+
+
+# Two processes importing MLflow (about 10 s): make test-all and CI.
+@pytest.mark.slow
+def test_trials_starting_at_once_share_a_new_sqlite_store(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  store = tmp_path / 'mlflow.db'
+  env = dict(os.environ, MLFLOW_TRACKING_URI=f'sqlite:///{store}')
+  start = time.time() + 8  # After both have imported MLflow.
+  code = OPEN_AT.format(root=conftest.ROOT)
+  procs = []
+  for name in ('trial_000', 'trial_001'):
+    (tmp_path / name).mkdir()
+    procs.append(subprocess.Popen(
+        [sys.executable, '-c', code, str(tmp_path / name), str(start)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = [p.communicate(timeout=120) for p in procs]
+  for out, err in outputs:
+    assert 'could not start' not in err, err[-2000:]
+  import mlflow  # pylint: disable=g-import-not-at-top
+  client = mlflow.tracking.MlflowClient(f'sqlite:///{store}')
+  runs = client.search_runs(
+      [client.get_experiment_by_name('sweep').experiment_id])
+  assert len(runs) == 2
