@@ -12,6 +12,7 @@
   .venv/bin/python bench/benchmark.py --mode=transfer    # fine-tuning
   .venv/bin/python bench/benchmark.py --mode=inference   # exported models
   .venv/bin/python bench/benchmark.py --mode=search      # TPE against grid
+  .venv/bin/python bench/benchmark.py --mode=ablation    # recipe additions
 
 This file is the one entry point and defines the flags; each mode lives in
 the file MODES names, which says what it measures (common.py and windows.py
@@ -31,6 +32,7 @@ child's XLA flags and malloc setting (windows.contender_window).
 import argparse
 import os
 
+import ablation
 import augment_cost
 import common
 import contenders
@@ -69,6 +71,7 @@ MODES = {
     'imbalance': imbalance.measure_imbalance,
     'inference': exported.measure_inference,
     'search': search_vs_grid.compare_search_and_grid,
+    'ablation': ablation.measure_ablation,
 }
 # The modes that the modes above run in fresh processes.
 CHILD_MODES = {
