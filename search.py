@@ -210,7 +210,15 @@ def check_options(options: Options):
 def _storage(workdir: str, url: str):
   optuna = _optuna()
   if url:
-    return optuna.storages.RDBStorage(url)
+    try:
+      return optuna.storages.RDBStorage(url)
+    except Exception as e:  # pylint: disable=broad-except
+      # SQLAlchemy and the database drivers raise many types.
+      raise SweepError(f'--storage={url!r} cannot be opened '
+                       f'({sweep_runner.one_line(e)}); accepted: an '
+                       f'SQLAlchemy URL such as sqlite:///study.db or '
+                       f'postgresql://user@host/db, or none for '
+                       f'W/{STUDY_FILE}') from None
   journal = optuna.storages.journal
   path = os.path.join(workdir, STUDY_FILE)
   return optuna.storages.JournalStorage(journal.JournalFileBackend(

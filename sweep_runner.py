@@ -185,7 +185,7 @@ def _call_get_sweep(path: str):
     get_sweep = runpy.run_path(path).get('get_sweep')
   except Exception as e:  # pylint: disable=broad-except
     raise SweepError(f'--sweep_file {path!r} does not load '
-                     f'({_one_line(e)}); {accepted}',
+                     f'({one_line(e)}); {accepted}',
                      _user_traceback(e)) from None
   if not callable(get_sweep):
     raise SweepError(f'--sweep_file {path!r} has no get_sweep(); {accepted}')
@@ -193,10 +193,10 @@ def _call_get_sweep(path: str):
     return get_sweep()
   except Exception as e:  # pylint: disable=broad-except
     raise SweepError(f'--sweep_file {path!r}: get_sweep() raised '
-                     f'{_one_line(e)}', _user_traceback(e)) from None
+                     f'{one_line(e)}', _user_traceback(e)) from None
 
 
-def _one_line(error: Exception) -> str:
+def one_line(error: Exception) -> str:
   lines = str(error).strip().splitlines()
   return type(error).__name__ + (f': {lines[0]}' if lines else '')
 
@@ -366,7 +366,7 @@ def check_configs_in_child(configs: Sequence[dict]) -> list[list[str]]:
     raise RuntimeError(f'the check took over {CHECK_TIMEOUT_SECONDS} '
                        f's') from None
   except OSError as e:
-    raise RuntimeError(_one_line(e)) from None
+    raise RuntimeError(one_line(e)) from None
   try:
     results = json.loads(child.stdout.strip().splitlines()[-1])
     if len(results) != len(configs):

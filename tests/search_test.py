@@ -155,6 +155,8 @@ def test_bad_space_is_named(spec, message):
     ({'pruner': 'asha'}, "--pruner='asha'; accepted: none, median, hyperband"),
     ({'n_trials': 0}, '--n_trials=0; accepted: an integer >= 1'),
     ({'lease_seconds': 0}, '--lease_seconds=0; accepted'),
+    ({'storage': 'nonsense://x'}, "--storage='nonsense://x' cannot be "
+     'opened (NoSuchModuleError'),
 ])
 def test_bad_options_exit_2_before_anything_is_made(tmp_path, capsys,
                                                      fake_main, options,
