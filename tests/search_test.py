@@ -324,6 +324,8 @@ def test_pruned_trials_stop_are_recorded_and_never_resumed(tmp_path,
                                                       'trial_006') == 1
 
 
+# Six trials of timed epochs (about 3 s): make test-all and CI.
+@pytest.mark.slow
 def test_hyperband_prunes_through_the_same_path(tmp_path, monkeypatch,
                                                 fake_main):
   monkeypatch.setenv('FAKE_EPOCH_SECONDS', '0.1')

@@ -110,6 +110,8 @@ def assert_points_match(points, workdir, complete_after=-1):
       assert np.float32(value) == tb[key, step], (key, step)
 
 
+# Real training runs logging to MLflow (about 8 s): make test-all, CI.
+@pytest.mark.slow
 def test_an_mlflow_run_holds_the_config_tags_and_every_point(
     tmp_path, small_data_dir, reference, tracker_env, monkeypatch):
   del tracker_env
@@ -162,6 +164,8 @@ def resumed(tmp_path_factory, small_data_dir, tracker_env):
   return workdir, crashed, (status, last_loss)
 
 
+# Real training runs logging to MLflow (about 8 s): make test-all, CI.
+@pytest.mark.slow
 def test_a_resumed_run_continues_its_mlflow_run_logging_each_point_once(
     resumed, reference):
   workdir, crashed, after_crash = resumed
