@@ -6,9 +6,11 @@ signed op is drawn per image). Images are float (H, W, C) in [0, 1]. The
 colour op needs three channels and leaves grayscale images as they are;
 every other op works per channel. Geometric ops fill with black.
 
-dm-pix supplies the ops it has (rotation, affine warps, solarize,
-saturation, contrast); autocontrast, equalize, posterize, brightness and
-sharpness, which it lacks, are written here, each a few lines of jnp.
+dm-pix supplies the ops it has (affine warps, solarize, saturation,
+contrast); autocontrast, equalize, posterize, brightness and sharpness,
+which it lacks, are written here, each a few lines of jnp. The five
+geometric ops are written as the maps dm-pix's warp takes (rotation as
+dm_pix.rotate builds it), so that a batch warps each image once.
 """
 
 import functools
@@ -50,11 +52,6 @@ def _equalize_channel(channel):
 def _equalize(image, level, sign):
   del level, sign
   return jnp.moveaxis(jax.vmap(_equalize_channel, in_axes=-1)(image), 0, -1)
-
-
-def _rotate(image, level, sign):
-  angle = sign * level * jnp.deg2rad(MAX_ROTATE_DEGREES)
-  return dm_pix.rotate(image, angle, mode='constant', cval=0.0)
 
 
 def _solarize(image, level, sign):
@@ -102,31 +99,34 @@ def _affine(image, matrix, offset):
                                  mode='constant', cval=0.0)
 
 
-def _shear(axis, image, level, sign):
+# The geometric ops as dm-pix's output-to-input maps (matrix, offset) of an
+# image of `shape`, so that a batch warps each image once whichever of them
+# it drew.
+def _rotation(shape, level, sign):
+  # dm_pix.rotate's map, about the image's centre.
+  angle = sign * level * jnp.deg2rad(MAX_ROTATE_DEGREES)
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  matrix = jnp.array([[cos, sin, 0], [-sin, cos, 0], [0, 0, 1]])
+  centre = (jnp.asarray(shape) - 1.) / 2.
+  return matrix, centre - matrix @ centre
+
+
+def _shear(axis, shape, level, sign):
   # Output pixel (y, x) reads input (y, x + s * y) (shear_x) or
-  # (y + s * x, x) (shear_y): dm-pix takes that output-to-input map.
+  # (y + s * x, x) (shear_y).
+  del shape
   shear = sign * level * MAX_SHEAR
   matrix = jnp.eye(3).at[(1, 0) if axis == 'x' else (0, 1)].set(shear)
-  return _affine(image, matrix, 0.0)
+  return matrix, jnp.zeros(3)
 
 
-def _translate(axis, image, level, sign):
-  pixels = sign * level * MAX_TRANSLATE * image.shape[1 if axis == 'x' else 0]
-  offset = jnp.zeros(3).at[1 if axis == 'x' else 0].set(pixels)
-  return _affine(image, jnp.eye(3), offset)
+def _translate(axis, shape, level, sign):
+  pixels = sign * level * MAX_TRANSLATE * shape[1 if axis == 'x' else 0]
+  return jnp.eye(3), jnp.zeros(3).at[1 if axis == 'x' else 0].set(pixels)
 
 
-# timm's RandAugment op set (its _RAND_TRANSFORMS), in that order.
-OPS = {
-    'autocontrast': _autocontrast,
-    'equalize': _equalize,
-    'rotate': _rotate,
-    'solarize': _solarize,
-    'colour': _colour,
-    'posterize': _posterize,
-    'contrast': _contrast,
-    'brightness': _brightness,
-    'sharpness': _sharpness,
+WARPS = {
+    'rotate': _rotation,
     'shear_x': functools.partial(_shear, 'x'),
     'shear_y': functools.partial(_shear, 'y'),
     'translate_x': functools.partial(_translate, 'x'),
@@ -134,22 +134,68 @@ OPS = {
 }
 
 
+def _warp(name, image, level, sign):
+  return _affine(image, *WARPS[name](image.shape, level, sign))
+
+
+# timm's RandAugment op set (its _RAND_TRANSFORMS), in that order.
+OPS = {
+    'autocontrast': _autocontrast,
+    'equalize': _equalize,
+    'rotate': functools.partial(_warp, 'rotate'),
+    'solarize': _solarize,
+    'colour': _colour,
+    'posterize': _posterize,
+    'contrast': _contrast,
+    'brightness': _brightness,
+    'sharpness': _sharpness,
+    'shear_x': functools.partial(_warp, 'shear_x'),
+    'shear_y': functools.partial(_warp, 'shear_y'),
+    'translate_x': functools.partial(_warp, 'translate_x'),
+    'translate_y': functools.partial(_warp, 'translate_y'),
+}
+_PIXEL_OPS = [name for name in OPS if name not in WARPS]
+
+
 def apply_op(name: str, image, magnitude: float, sign: float = 1.0):
   """One op on one image at `magnitude` (0-10), clipped to [0, 1]."""
   return jnp.clip(OPS[name](image, magnitude / MAX_MAGNITUDE, sign), 0, 1)
 
 
+def _one_op(image, op, apply, sign, level):
+  """apply_op(OPS[op]) where `apply`, for one image of a vmapped batch.
+
+  Under vmap every branch of a switch runs for every image. So the image
+  is warped once, by its op's map (the identity for the other ops), and the
+  switch holds only the per-pixel ops: two warps per image for two ops,
+  where a switch over all 13 would make ten.
+  """
+  names = list(OPS)
+  warp_of_op = jnp.asarray([list(WARPS).index(name) + 1 if name in WARPS
+                            else 0 for name in names])
+  pixel_of_op = jnp.asarray([_PIXEL_OPS.index(name) if name in _PIXEL_OPS
+                             else 0 for name in names])
+
+  def identity():
+    return jnp.eye(3), jnp.zeros(3)
+
+  matrix, offset = jax.lax.switch(
+      warp_of_op[op], [identity] + [
+          functools.partial(f, image.shape, level, sign)
+          for f in WARPS.values()])
+  warped = _affine(image, matrix, offset)
+  pixels = jax.lax.switch(pixel_of_op[op], [
+      functools.partial(OPS[name], level=level, sign=sign)
+      for name in _PIXEL_OPS], image)
+  out = jnp.clip(jnp.where(warp_of_op[op] > 0, warped, pixels), 0, 1)
+  return jnp.where(apply, out, image)
+
+
 def randaugment(images, key, num_ops: int = 2, magnitude: float = 9.0,
                 prob: float = 0.5):
   """RandAugment on a batch (N, H, W, C) of floats in [0, 1]."""
-  branches = [functools.partial(apply_op, name) for name in OPS]
   n = images.shape[0]
-
-  def one_op(image, op, apply, sign):
-    out = jax.lax.switch(op, [lambda x, f=f: f(x, magnitude, sign)
-                              for f in branches], image)
-    return jnp.where(apply, out, image)
-
+  one_op = functools.partial(_one_op, level=magnitude / MAX_MAGNITUDE)
   for op_key in jax.random.split(key, num_ops):
     op_key, apply_key, sign_key = jax.random.split(op_key, 3)
     ops = jax.random.randint(op_key, (n,), 0, len(OPS))

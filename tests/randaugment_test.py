@@ -78,3 +78,22 @@ def test_batch_transform_is_a_function_of_the_key():
   np.testing.assert_array_equal(a, fn(images, jax.random.PRNGKey(1)))
   assert not np.array_equal(a, fn(images, jax.random.PRNGKey(2)))
   assert not np.array_equal(a, images)
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_a_batch_gives_each_image_its_own_op(channels):
+  # The batch warps every image once, by its op's map; each image must
+  # still come out as that op alone would make it.
+  names = list(randaugment.OPS)
+  images = jax.random.uniform(jax.random.PRNGKey(0),
+                              (2 * len(names), 12, 12, channels))
+  ops = jnp.arange(2 * len(names)) % len(names)
+  signs = jnp.where(jnp.arange(2 * len(names)) < len(names), 1.0, -1.0)
+  apply = jnp.ones(2 * len(names), bool).at[-1].set(False)
+  out = jax.jit(jax.vmap(lambda *a: randaugment._one_op(*a, level=0.7)))(
+      images, ops, apply, signs)
+  for i, (image, op, sign) in enumerate(zip(images, ops, signs)):
+    expected = (randaugment.apply_op(names[op], image, 7.0, sign)
+                if apply[i] else image)
+    np.testing.assert_allclose(out[i], expected, atol=1e-6,
+                               err_msg=f'{names[op]}, sign {sign}')
