@@ -13,7 +13,7 @@ are finished (so wall time around it is honest), and `evaluate()`.
   ahead, or gathered on the device) and the donated jitted
   `steps.train_step` with fused loss/accuracy; `trainer_on_device` the same
   with `data_on_device` (the training set copied to the device once,
-  batches gathered there).
+  batches gathered there); `trainer_resnet20` the same with ResNet-20.
 * `torch`: the same CNN and optimiser in PyTorch, on the GPU when PyTorch
   sees one (the training set copied there once, batches indexed there, as a
   hand-written loop at its best does), else on the CPU.
@@ -346,6 +346,8 @@ def synthetic_batch(batch_size, image_size, seed):
 CONTENDERS = {'reference': Reference, 'trainer': Trainer,
               'trainer_on_device': functools.partial(Trainer,
                                                      data_on_device=True),
+              'trainer_resnet20': functools.partial(Trainer,
+                                                    model='resnet20'),
               'torch': Torch}
 RESNET50 = {'trainer': TrainerResNet50, 'torch': TorchResNet50}
 # Libraries a contender needs beyond the trainer's requirements.txt

@@ -1,6 +1,8 @@
 """Tests for config_rules.py: values refused before a run starts."""
 
+import importlib
 import logging as std_logging
+import os
 import re
 
 import pytest
@@ -135,3 +137,12 @@ def test_keys_the_source_or_optimizer_does_not_use_are_warned(caplog,
   with caplog.at_level(std_logging.WARNING):
     config_rules.warn_unused(default.get_config())
   assert not caplog.records
+
+
+@pytest.mark.parametrize('name', sorted(
+    f[:-3] for f in os.listdir(os.path.join(conftest.ROOT, 'configs'))
+    if f.endswith('.py') and f not in ('__init__.py', 'workdir.py')))
+def test_every_shipped_config_passes_the_checks(name):
+  # configs/workdir.py needs a workdir's saved config (its own tests).
+  config = importlib.import_module(f'configs.{name}').get_config()
+  config_rules.validate_config(config, device_count=1)
