@@ -176,6 +176,9 @@ class ReportProgress:
   """About once a minute: logs steps/s, progress and the time left; then
   and at the last step writes steps_per_sec and uptime to TensorBoard.
 
+  steps/s is the last minute's; the time left comes from the mean rate
+  since this session's first step, evaluations and checkpoints included (a
+  minute holding an epoch's evaluation would otherwise swing it by half).
   clu's periodic_actions.ReportProgress does this too, but importing it
   imports TensorFlow (through clu.metric_writers): seconds of start-up.
   """
@@ -184,17 +187,20 @@ class ReportProgress:
     self._total, self._writer, self._every = total_steps, writer, every_seconds
     self._start = time.monotonic()
     self._last_step, self._last_time = None, self._start
+    self._first_step, self._first_time = None, self._start
 
   def __call__(self, step: int):
     now = time.monotonic()
     if self._last_step is None:  # The first step of a session: compile time.
       self._last_step, self._last_time = step, now
+      self._first_step, self._first_time = step, now
       return
     if step == self._last_step or (step != self._total
                                    and now - self._last_time < self._every):
       return
     rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
-    left = (self._total - step) / max(rate, 1e-9)
+    mean_rate = (step - self._first_step) / max(now - self._first_time, 1e-9)
+    left = (self._total - step) / max(mean_rate, 1e-9)
     if step != self._total:  # At the end, the last line says it all.
       logging.info('%.1f steps/s, %.1f%% (%d/%d), %d min %02d s left', rate,
                    100 * step / self._total, step, self._total, left // 60,

@@ -127,3 +127,22 @@ def test_the_model_is_one_line_unless_verbose(caplog):
   lines = [r.getMessage() for r in caplog.records]
   assert lines[0] == 'Model cnn: 824,458 parameters (3.3 MB as float32)'
   assert 'Dense_0' in lines[1] and len(lines) == 2  # The table; no CNN note.
+
+
+def test_time_left_is_from_the_mean_rate_of_the_session(monkeypatch, caplog):
+  clock = [100.0]
+  monkeypatch.setattr(reporting.time, 'monotonic', lambda: clock[0])
+
+  class Writer:
+    def write_scalars(self, step, scalars, log):
+      del step, scalars, log
+
+  progress = reporting.ReportProgress(1000, Writer())
+  with caplog.at_level(std_logging.INFO):
+    progress(0)  # The first step: compiling.
+    for step, seconds in ((100, 60), (120, 60)):  # The second minute holds
+      clock[0] += seconds                         # an evaluation.
+      progress(step)
+  last = caplog.records[-1].getMessage()
+  # 120 steps in 120 s: 880 s left (the last minute's rate says 44 min).
+  assert last.startswith('0.3 steps/s, 12.0% (120/1000), 14 min 40 s left'), last
