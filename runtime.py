@@ -17,8 +17,8 @@ pages: large blocks come from the heap instead of their own mappings, the
 heap is not trimmed, and every thread allocates from that one heap (glibc
 gives each of XLA's worker threads an arena of its own otherwise, whose
 heaps are at most 64 MB and are handed back when empty: a ResNet-20 step at
-batch 128 page-faulted some 94,000 times without this). The process then holds on to its peak memory, as PyTorch's
-caching allocators do. No library of the ecosystem does this from inside a
+batch 128 page-faulted some 94,000 times without this). The process then
+holds on to its peak memory, as PyTorch's caching allocators do. No library of the ecosystem does this from inside a
 running process (jemalloc or tcmalloc would need LD_PRELOAD before it
 starts), so it is a few calls to the C library. What each setting gains is
 measured by `bench/benchmark.py --mode=xla_flags` and `--mode=malloc`
@@ -85,7 +85,7 @@ def setup(log: bool = True) -> list[str]:
                 f'XLA_FLAGS wins)')
   kept = keep_freed_memory()
   if kept:
-    made.append(f'malloc keeps freed memory ({kept}; any MALLOC_*_ '
+    made.append(f'malloc keeps freed memory ({kept}; any MALLOC_* '
                 f'variable turns this off)')
   if log and made:
     logging.info('CPU speed-ups: %s', '; '.join(made))
@@ -111,7 +111,7 @@ def keep_freed_memory() -> Optional[str]:
 
   Returns:
     What was set, for the log; None where nothing was (not glibc, or the
-    environment already tunes malloc: MALLOC_*_ variables, glibc.malloc
+    environment already tunes malloc: MALLOC_* variables, glibc.malloc
     tunables or a preloaded allocator).
   """
   if any(os.environ.get(name) for name in USER_MALLOC_SETTINGS) or (

@@ -4,9 +4,10 @@ set to keep freed memory.
 The trainer (the CNN and ResNet-20) as main.py sets it
 (runtime.keep_freed_memory, a call inside the process) and with only the
 heap settings (no mapped blocks, no trimming, but an arena per thread),
-PyTorch through glibc's environment variables (runtime.MALLOC_ENVIRONMENT). malloc's settings hold for the whole process,
-so each window runs in a fresh one (windows.compare_windows); ratios are to
-the same contender with glibc's defaults.
+PyTorch through glibc's environment variables (runtime.MALLOC_ENVIRONMENT).
+malloc's settings hold for the whole process, so each window runs in a
+fresh one (windows.compare_windows); ratios are to the same contender with
+glibc's defaults.
 """
 
 import common

@@ -1,6 +1,7 @@
 """Tests for randaugment.py: known answers of single ops, and the batch
 transform's determinism."""
 
+import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,6 +54,16 @@ def test_translate_shifts_by_the_magnitude():
   image = jnp.zeros((20, 20, 1)).at[10, 10].set(1.0)
   out = randaugment.apply_op('translate_x', image, 10.0, 1.0)  # 0.45 * 20.
   assert np.argwhere(np.asarray(out)[..., 0] > 0.5).tolist() == [[10, 1]]
+
+
+def test_rotate_is_dm_pix_rotation_by_the_magnitude():
+  image = ramp(3, size=12)
+  for sign in (-1.0, 1.0):  # Magnitude 5: 15 degrees.
+    expected = dm_pix.rotate(image, sign * np.deg2rad(15.0), mode='constant',
+                             cval=0.0)
+    np.testing.assert_allclose(
+        randaugment.apply_op('rotate', image, 5.0, sign),
+        jnp.clip(expected, 0, 1), atol=1e-6)
 
 
 def test_colour_leaves_grayscale_images():

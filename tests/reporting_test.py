@@ -145,4 +145,5 @@ def test_time_left_is_from_the_mean_rate_of_the_session(monkeypatch, caplog):
       progress(step)
   last = caplog.records[-1].getMessage()
   # 120 steps in 120 s: 880 s left (the last minute's rate says 44 min).
-  assert last.startswith('0.3 steps/s, 12.0% (120/1000), 14 min 40 s left'), last
+  assert last.startswith(
+      '0.3 steps/s, 12.0% (120/1000), 14 min 40 s left'), last
