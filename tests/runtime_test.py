@@ -33,16 +33,21 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+def _run_fresh(script, mode):
+  """`script` in a fresh process (malloc's settings hold for a whole one),
+  with no malloc setting of the environment's."""
+  env = {k: v for k, v in os.environ.items()
+         if k not in runtime.USER_MALLOC_SETTINGS and k != 'GLIBC_TUNABLES'}
+  result = subprocess.run([sys.executable, '-c', script, mode],
+                          cwd=conftest.ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result
+
+
 def test_freed_memory_is_reused_without_page_faults():
-  faults = {}
-  for mode in ('default', 'keep'):
-    env = {k: v for k, v in os.environ.items()
-           if k not in runtime.USER_MALLOC_SETTINGS and k != 'GLIBC_TUNABLES'}
-    result = subprocess.run([sys.executable, '-c', REUSE, mode],
-                            cwd=conftest.ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr[-2000:]
-    faults[mode] = int(result.stdout.split()[-1])
+  faults = {mode: int(_run_fresh(REUSE, mode).stdout.split()[-1])
+            for mode in ('default', 'keep')}
   # 100 MB is 25,600 pages of 4 KiB: glibc unmaps the block and the kernel
   # faults every page in again, unless the memory is kept. (Where the
   # kernel backs every mapping with 2 MiB pages, there are few faults
@@ -80,15 +85,8 @@ def test_every_thread_allocates_from_one_arena():
   # XLA's worker threads would each get an arena of their own, whose small
   # heaps glibc hands back to the kernel: a ResNet-20 step at batch 128
   # page-faulted some 94,000 times that way.
-  arenas = {}
-  for mode in ('default', 'keep'):
-    env = {k: v for k, v in os.environ.items()
-           if k not in runtime.USER_MALLOC_SETTINGS and k != 'GLIBC_TUNABLES'}
-    result = subprocess.run([sys.executable, '-c', ARENAS, mode],
-                            cwd=conftest.ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr[-2000:]
-    arenas[mode] = result.stderr.count('Arena ')
+  arenas = {mode: _run_fresh(ARENAS, mode).stderr.count('Arena ')
+            for mode in ('default', 'keep')}
   assert arenas['default'] > 1, arenas
   assert arenas['keep'] == 1, arenas
 
