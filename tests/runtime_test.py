@@ -11,18 +11,21 @@ import psutil
 import conftest
 import runtime
 
-# Mallocs, fills and frees 100 MB (as XLA does with a step's buffers), then
-# counts the page faults of doing it again. (Not numpy: it asks the kernel
-# for huge pages, which hides the faults.)
-REUSE = """
-import ctypes, resource, sys
-if sys.argv[1] == 'keep':
+# The scripts' start: main.py's malloc settings in mode 'keep', then libc's
+# malloc and free (no numpy: it asks the kernel for huge pages).
+MALLOC_PREAMBLE = """if sys.argv[1] == 'keep':
   import runtime
   assert runtime.keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
-def fill_and_free():
+"""
+
+# Mallocs, fills and frees 100 MB (as XLA does with a step's buffers), then
+# counts the page faults of doing it again (huge pages would hide them).
+REUSE = """
+import ctypes, resource, sys
+""" + MALLOC_PREAMBLE + """def fill_and_free():
   block = libc.malloc(100 << 20)
   ctypes.memset(block, 1, 100 << 20)
   libc.free(block)
@@ -61,13 +64,7 @@ def test_freed_memory_is_reused_without_page_faults():
 # statistics (on stderr) list the arenas: one per thread unless limited.
 ARENAS = """
 import ctypes, sys, threading
-if sys.argv[1] == 'keep':
-  import runtime
-  assert runtime.keep_freed_memory()
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
-barrier = threading.Barrier(4)
+""" + MALLOC_PREAMBLE + """barrier = threading.Barrier(4)
 def work():
   block = libc.malloc(1 << 20)
   barrier.wait(timeout=30)
