@@ -205,11 +205,78 @@ class ResNet(nn.Module):
     return nn.Dense(self.num_classes, dtype=dtype)(x)
 
 
+class ConvNet(nn.Module):
+  """A plain (residual-free) network that is wide rather than deep.
+
+  A 2x2 stem convolution, then one stage per width: a 3x3 convolution, a
+  2x2 max-pool, BatchNorm and ReLU, and `convs_per_stage - 1` more 3x3
+  convolutions with BatchNorm and ReLU at the pooled resolution; a global
+  max-pool and a linear classifier. The layout follows the fast CIFAR-10
+  networks of Keller Jordan's airbench (2024), with ReLU and a BatchNorm
+  after the stem. On XLA's CPU backend its wide convolutions run well:
+  the default widths (2.0 M parameters) train at about 200 images/s of
+  28x28 at batch 128 on two cores, ResNet-20 (0.27 M) at about 330.
+
+  Attributes:
+    num_classes: output classes.
+    widths: channels of each stage; each stage halves the resolution.
+    stem_width: channels of the stem convolution.
+    convs_per_stage: 3x3 convolutions in each stage (at least 1).
+    dropout_rate: dropout before the classifier.
+    dtype: compute precision, 'float32' or 'bfloat16'.
+    bn_momentum: decay of BatchNorm's running statistics.
+  """
+  num_classes: int = 10
+  widths: Sequence[int] = (64, 256, 256)
+  stem_width: int = 24
+  convs_per_stage: int = 2
+  dropout_rate: float = 0.0
+  dtype: str = 'float32'
+  bn_momentum: float = 0.9
+
+  def __post_init__(self):
+    if not self.widths or not all(isinstance(w, int) and w > 0
+                                  for w in self.widths):
+      raise ValueError(f'widths {tuple(self.widths)} must be one or more '
+                       f'positive integers')
+    for key in ('stem_width', 'convs_per_stage'):
+      value = getattr(self, key)
+      if not (isinstance(value, int) and value > 0):
+        raise ValueError(f'{key} must be a positive integer, got {value!r}')
+    if not 0 <= self.bn_momentum < 1:
+      raise ValueError(f'bn_momentum must be in [0, 1), got '
+                       f'{self.bn_momentum!r}')
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    dtype = _dtype(self.dtype)
+
+    def conv_norm_relu(x, features, kernel, padding='SAME', pool=False):
+      x = nn.Conv(features, kernel, padding=padding, use_bias=False,
+                  dtype=dtype)(x)
+      if pool:
+        x = nn.max_pool(x, (2, 2), (2, 2))
+      x = nn.BatchNorm(use_running_average=not train,
+                       momentum=self.bn_momentum, epsilon=1e-5,
+                       dtype=dtype)(x)
+      return nn.relu(x)
+    x = conv_norm_relu(x.astype(dtype), self.stem_width, (2, 2), 'VALID')
+    for width in self.widths:
+      x = conv_norm_relu(x, width, (3, 3), pool=True)
+      for _ in range(self.convs_per_stage - 1):
+        x = conv_norm_relu(x, width, (3, 3))
+    x = jnp.max(x, axis=(1, 2))
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, dtype=dtype)(x)
+
+
 # Every accepted `config.model`: name -> constructor taking num_classes and
 # the keyword arguments in `config.model_kwargs`.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'cnn': CNN,
     'mlp': MLP,
+    'convnet': ConvNet,
     'resnet18': functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
                                   block=BasicBlock),
     'resnet34': functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),

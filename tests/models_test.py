@@ -22,6 +22,9 @@ def num_params(model, shape):
     ('resnet50', 1000, (1, 224, 224, 3), 25_557_032),  # torchvision's.
     ('resnet34', 1000, (1, 224, 224, 3), 21_797_672),  # torchvision's.
     ('resnet20', 10, (1, 32, 32, 3), 272_474),    # He et al.: 0.27 M.
+    # 2x2x1x24 stem, 3x3 convs 24-64-64-256-256-256-256, a BatchNorm after
+    # each (2 parameters per channel), and a 256x10 Dense with bias.
+    ('convnet', 10, (1, 28, 28, 1), 1_972_634),
 ])
 def test_parameter_counts(name, classes, shape, count):
   assert num_params(models.create_model(name, classes), shape) == count
@@ -115,3 +118,33 @@ def test_resnet_options_are_refused_when_built(kwargs, message):
 def test_mlp_width_is_refused_when_built(hidden):
   with pytest.raises(ValueError, match='hidden must be a positive integer'):
     models.create_model('mlp', 10, hidden=hidden)
+
+
+def test_convnet_stages_halve_the_resolution_and_update_their_norms():
+  model = models.create_model('convnet', 10, widths=(8, 16),
+                              convs_per_stage=3)
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  # The stem, then 3 convolutions in each of the 2 stages.
+  assert len(variables['batch_stats']) == 7
+  # 28 -> 27 (2x2 VALID stem) -> 13 -> 6; the classifier sees 16 channels.
+  _, state = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  assert variables['params']['Dense_0']['kernel'].shape == (16, 10)
+  before = jax.tree.leaves(variables['batch_stats'])
+  after = jax.tree.leaves(state['batch_stats'])
+  assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+  assert model.apply(variables, x).shape == (4, 10)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    ({'widths': ()}, 'widths () must be one or more positive integers'),
+    ({'widths': (64, 0)}, 'widths (64, 0) must be one or more positive'),
+    ({'convs_per_stage': 0}, 'convs_per_stage must be a positive integer, '
+                             'got 0'),
+    ({'stem_width': -1}, 'stem_width must be a positive integer, got -1'),
+    ({'bn_momentum': 1.0}, 'bn_momentum must be in [0, 1), got 1.0'),
+])
+def test_convnet_options_are_refused_when_built(kwargs, message):
+  with pytest.raises(ValueError) as error:
+    models.create_model('convnet', 10, **kwargs)
+  assert message in str(error.value)

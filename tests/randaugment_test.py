@@ -66,6 +66,18 @@ def test_rotate_is_dm_pix_rotation_by_the_magnitude():
         jnp.clip(expected, 0, 1), atol=1e-6)
 
 
+@pytest.mark.parametrize('channels', [1, 3])
+@pytest.mark.parametrize('name', list(randaugment.WARPS))
+def test_each_warp_is_dm_pix_affine_transform_of_its_map(name, channels):
+  image = jax.random.uniform(jax.random.PRNGKey(7), (11, 9, channels))
+  for level, sign in ((0.35, -1.0), (0.9, 1.0)):
+    matrix, offset = randaugment.WARPS[name](image.shape, level, sign)
+    expected = dm_pix.affine_transform(image, matrix, offset=offset,
+                                       mode='constant', cval=0.0)
+    np.testing.assert_allclose(randaugment._affine(image, matrix, offset),
+                               expected, atol=1e-5)
+
+
 def test_colour_leaves_grayscale_images():
   image = ramp(1)
   np.testing.assert_array_equal(randaugment.apply_op('colour', image, 9.0),
