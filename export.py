@@ -26,10 +26,13 @@ import logging as logging_lib
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 from absl import logging
+import flax.linen as nn
 import jax
 from jax import export as jax_export
+from jax import lax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -198,6 +201,33 @@ def _write_saved_model(predict, image_shape, folder: str):
           for name in names], ['cpu']
 
 
+_FLAX_MAX_POOL = nn.max_pool
+
+
+def max_pool_over_planes(inputs, window_shape, strides=None,
+                         padding='VALID'):
+  """flax.linen.max_pool, the same values, pooled one (image, channel)
+  plane at a time.
+
+  jax2onnx lowers a max window to an ONNX MaxPool over every axis of its
+  operand, and ONNX Runtime pools over at most three: the (1, k, k, 1)
+  window of an NHWC pool fails there ("Unsupported pooling size"). Over
+  planes of shape (N * C, H, W) the window is (1, k, k).
+  """
+  strides = tuple(strides or (1,) * len(window_shape))
+  if inputs.ndim != len(window_shape) + 2:  # Not (N, spatial..., C).
+    return _FLAX_MAX_POOL(inputs, window_shape, strides, padding)
+  spatial = inputs.shape[1:-1]
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(spatial, window_shape, strides, padding)
+  planes = jnp.moveaxis(inputs, -1, 1)
+  flat = planes.reshape((planes.shape[0] * planes.shape[1], *spatial))
+  pooled = lax.reduce_window(flat, -jnp.inf, lax.max, (1, *window_shape),
+                             (1, *strides), ((0, 0), *map(tuple, padding)))
+  return jnp.moveaxis(pooled.reshape((*planes.shape[:2], *pooled.shape[1:])),
+                      1, -1)
+
+
 def _export_onnx(predict, image_shape, folder: str):
   try:
     import jax2onnx  # pylint: disable=g-import-not-at-top
@@ -210,7 +240,10 @@ def _export_onnx(predict, image_shape, folder: str):
   # blocks (ONNX Runtime refuses the graph: "Incompatible dimensions").
   # Tracing to a plain jaxpr first leaves it only JAX primitives to convert,
   # which it does correctly for every model here.
-  closed = jax.make_jaxpr(predict)(spec)
+  # The models' max-pools (flax.linen.max_pool, looked up when called) are
+  # traced in the form ONNX Runtime runs.
+  with mock.patch.object(nn, 'max_pool', max_pool_over_planes):
+    closed = jax.make_jaxpr(predict)(spec)
 
   def plain(images):
     return jax.core.eval_jaxpr(closed.jaxpr, closed.consts, images)[0]

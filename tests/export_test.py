@@ -138,6 +138,18 @@ def test_a_bfloat16_model_is_checked_within_its_precision(
                                 expected.argmax(-1)[clear])
 
 
+@pytest.mark.parametrize('window,strides,padding', [
+    ((2, 2), (2, 2), 'VALID'),               # convnet's, on odd sizes too.
+    ((3, 3), (2, 2), ((1, 1), (1, 1))),      # The ResNets' ImageNet stem.
+    ((3, 3), None, 'SAME'),
+])
+def test_max_pool_over_planes_gives_flax_max_pool(window, strides, padding):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 13, 11, 3))
+  np.testing.assert_array_equal(
+      export.max_pool_over_planes(x, window, strides, padding),
+      export.nn.max_pool(x, window, strides, padding))
+
+
 @pytest.mark.parametrize('formats,message', [
     ('jax,tflite', "--formats='jax,tflite': unknown format 'tflite'; "
                    'accepted: a comma-separated list of jax, saved_model, '
@@ -183,11 +195,14 @@ class Net(nnx.Module):
 
 
 # Each model family, loaded in fresh processes with only jax, tensorflow or
-# onnxruntime (about 4 minutes; the ViT and ConvNeXt without SavedModel,
+# onnxruntime (about 5 minutes; the ViT and ConvNeXt without SavedModel,
 # their TensorFlow conversion takes minutes here): make test-all and CI.
 @pytest.mark.slow
 @pytest.mark.parametrize('model,kwargs,formats', [
     ('resnet20', {}, 'jax,saved_model,onnx'),
+    # Max-pools: the ImageNet stem's 3x3, and convnet's 2x2 on odd sizes.
+    ('resnet18', {'widths': (4, 4, 4, 4), 'stem_width': 4}, 'onnx'),
+    ('convnet', {'widths': (8, 16)}, 'jax,onnx'),
     ('vit_tiny', {'patch_size': 7}, 'jax,onnx'),
     ('convnext_atto', {'stem_stride': 2}, 'jax,onnx'),
     ('nnx', {}, 'jax,saved_model,onnx'),
