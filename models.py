@@ -276,7 +276,6 @@ class ConvNet(nn.Module):
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'cnn': CNN,
     'mlp': MLP,
-    'convnet': ConvNet,
     'resnet18': functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
                                   block=BasicBlock),
     'resnet34': functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
@@ -288,6 +287,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     'resnet20': functools.partial(ResNet, stage_sizes=(3, 3, 3),
                                   block=BasicBlock, widths=(16, 32, 64),
                                   stem='small', stem_width=16),
+    # A wide plain network for small images (ConvNet above).
+    'convnet': ConvNet,
     # timm's vit_{tiny,small,base}_patch16_224 (patch_size 16 by default).
     'vit_tiny': functools.partial(vit.VisionTransformer, embed_dim=192,
                                   depth=12, num_heads=3),
