@@ -3,15 +3,17 @@ every worker that runs the same command.
 
 The study lives in the sweep's workdir (W/study.journal, Optuna's journal
 file storage, which needs no database and works over NFS), or in an RDB
-given by --storage. Every worker claims trials under one lock, Optuna's
-NFS-safe symlink lock on W/claims (a link is created atomically or not at
-all, on any NFS version; the lock of a holder that died is broken after
-LOCK_GRACE_SECONDS). Under it a worker either resumes a running trial whose
-lease has run out (its worker died: it is one of the N trials, not
-replaced, and continues in its own folder from its checkpoint) or, while
-the study has fewer than N trials, asks the sampler for a new one. A
-running trial's lease is renewed every lease_seconds / 3 by the worker that
-runs it. Optuna's journal has no heartbeat of its own, hence the lease.
+given by --storage. Every worker makes the study and claims trials under
+one lock, Optuna's NFS-safe symlink lock on W/claims (a link is created
+atomically or not at all, on any NFS version; the lock of a holder that
+died is broken after LOCK_GRACE_SECONDS), so workers started together make
+one study and record its space before any reads it. Under the lock a worker
+either resumes a running trial whose lease has run out (its worker died: it
+is one of the N trials, not replaced, and continues in its own folder from
+its checkpoint) or, while the study has fewer than N trials, asks the
+sampler for a new one. A running trial's lease is renewed every
+lease_seconds / 3 by the worker that runs it. Optuna's journal has no
+heartbeat of its own, hence the lease.
 
 A trial is main.py in W/trial_NNN/, as a grid trial is in its folder. Its
 epochs (history.json) are reported to the pruner as they are written; a
@@ -241,15 +243,35 @@ def _sampler(search: str, seed: int):
   return samplers.RandomSampler(seed=seed)
 
 
+def _claims_lock(workdir: str):
+  """The lock every worker of W takes to create the study and to claim."""
+  journal = _optuna().storages.journal
+  return journal.JournalFileSymlinkLock(
+      os.path.join(workdir, CLAIMS_FILE), grace_period=LOCK_GRACE_SECONDS)
+
+
 def open_study(workdir: str, options: Options, space: dict, objective: str,
                create: bool):
   """The sweep's study; SweepError if it was made with another space or
-  objective. With create=False, None when there is none yet (nothing is
-  written then)."""
-  optuna = _optuna()
+  objective. With create=True it is made (under the claims lock, so that
+  workers started together make one study and record its space before any
+  reads it; W must exist). With create=False, None when there is none yet,
+  or while another worker is making it (nothing is written then)."""
   if not options.storage and not os.path.isfile(
       os.path.join(workdir, STUDY_FILE)) and not create:
     return None
+  if not create:
+    return _load_study(workdir, options, space, objective, create)
+  lock = _claims_lock(workdir)
+  lock.acquire()
+  try:
+    return _load_study(workdir, options, space, objective, create)
+  finally:
+    lock.release()
+
+
+def _load_study(workdir, options, space, objective, create):
+  optuna = _optuna()
   storage = _storage(workdir, options.storage)
   wanted = {'space': space_record(space), 'objective': objective}
   try:
@@ -261,15 +283,21 @@ def open_study(workdir: str, options: Options, space: dict, objective: str,
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage,
                                 direction='maximize',
                                 pruner=_pruner(options.pruner))
-    for key, value in wanted.items():
-      study.set_user_attr(key, value)
-    return study
+  recorded = {key: study.user_attrs.get(key) for key in STUDY_KEYS}
+  missing = [key for key, value in recorded.items() if value is None]
+  if missing:
+    # Made by this call, or by a worker that has not yet recorded (or died
+    # before recording) what it was made with.
+    if not create:
+      return None
+    for key in missing:
+      study.set_user_attr(key, wanted[key])
+      recorded[key] = wanted[key]
   for key in STUDY_KEYS:
-    recorded = study.user_attrs.get(key)
-    if recorded != wanted[key]:
+    if recorded[key] != wanted[key]:
       where = options.storage or os.path.join(workdir, STUDY_FILE)
       raise SweepError(
-          f'the study in {where} was made with {key} {_show(recorded)}, '
+          f'the study in {where} was made with {key} {_show(recorded[key])}, '
           f'this command gives {key} {_show(wanted[key])}; accepted: the '
           f'same '
           f'{key}, or another --workdir (or --storage)')
@@ -331,9 +359,7 @@ class Worker:
     self.space, self.objective, self.options = space, objective, options
     self.stop = stop
     self.study = open_study(workdir, options, space, objective, create=True)
-    journal = _optuna().storages.journal
-    self._lock = journal.JournalFileSymlinkLock(
-        os.path.join(workdir, CLAIMS_FILE), grace_period=LOCK_GRACE_SECONDS)
+    self._lock = _claims_lock(workdir)
     self._id = f'{socket.gethostname()}:{os.getpid()}'
     self.messages = []
 

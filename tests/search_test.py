@@ -257,6 +257,59 @@ def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path,
   assert all(starts(workdir, search.trial_name(n)) == 1 for n in range(6))
 
 
+def test_workers_started_together_make_one_study(tmp_path):
+  # Each thread opens its own storage, as a worker process does; unlocked,
+  # all but one failed (a duplicated study, or one read before its space
+  # was recorded) in every round of a probe.
+  options = search.Options(search='random', n_trials=2)
+  space = search.parse_space(base_config(), SPACE)
+  for round_ in range(3):
+    workdir = str(tmp_path / f'sweep{round_}')
+    os.makedirs(workdir)
+    barrier, errors, studies = threading.Barrier(4), [], []
+
+    def open_one():
+      barrier.wait(TIMEOUT)
+      try:
+        studies.append(search.open_study(workdir, options, space,
+                                         'best_test_accuracy', create=True))
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(repr(e))
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join(TIMEOUT)
+    assert not errors and len(studies) == 4, errors
+    ids = {s._study_id for s in studies}  # pylint: disable=protected-access
+    assert len(ids) == 1
+    assert studies[0].user_attrs['space'] == search.space_record(space)
+
+
+def test_a_study_met_before_its_space_is_recorded(tmp_path):
+  # As another worker leaves it between making the study and recording
+  # what it was made with: the read-only check passes it by, the next
+  # worker to open it records the space.
+  workdir = str(tmp_path / 'sweep')
+  os.makedirs(workdir)
+  options = search.Options(search='random', n_trials=2)
+  space = search.parse_space(base_config(), SPACE)
+  search._optuna().create_study(  # pylint: disable=protected-access
+      study_name=search.STUDY_NAME,
+      storage=search._storage(workdir, ''))  # pylint: disable=protected-access
+  assert search.open_study(workdir, options, space, 'best_test_accuracy',
+                           create=False) is None
+  study = search.open_study(workdir, options, space, 'best_test_accuracy',
+                            create=True)
+  assert study.user_attrs == {'space': search.space_record(space),
+                              'objective': 'best_test_accuracy'}
+  other = search.parse_space(base_config(), ['learning_rate=uniform(0.2,0.3)'])
+  with pytest.raises(search.SweepError, match='was made with space'):
+    search.open_study(workdir, options, other, 'best_test_accuracy',
+                      create=False)
+
+
 def test_a_trial_whose_worker_died_is_resumed_not_replaced(tmp_path,
                                                            capsys,
                                                            fake_main):
