@@ -7,7 +7,8 @@ row adds its overrides to the row above's. The table gives each run's best
 validation accuracy, that checkpoint's test accuracy, the change from the
 row above, and the run's wall time. Short runs undersell regularizers that
 pay off late (RandAugment, mixup, CutMix, erasing): the table says what
-they cost or buy in EPOCHS epochs, not in a full schedule.
+they cost or buy in EPOCHS epochs, not in a full schedule. The EMA's decay
+is scaled to the short run (0.99 for the recipe's 0.999).
 """
 
 import json
@@ -26,8 +27,11 @@ STEPS = (
      {'augment': 'none', 'label_smoothing': 0.0, 'ema_decay': 0.0,
       'eval_with_ema': False}),
     ('+ crop_flip', {'augment': 'crop_flip'}),
-    ('+ label smoothing 0.1, EMA 0.999',
-     {'label_smoothing': 0.1, 'ema_decay': 0.999, 'eval_with_ema': True}),
+    # The recipe's EMA 0.999 averages about its last 1000 of 14,000 updates;
+    # 0.99 (100) keeps that share of these 844. With 0.999 the EMA would
+    # still be the mean of every update since initialization here.
+    ('+ label smoothing 0.1, EMA 0.99',
+     {'label_smoothing': 0.1, 'ema_decay': 0.99, 'eval_with_ema': True}),
     ('+ random_erasing', {'augment': 'crop_flip,random_erasing'}),
     ('+ randaugment, mixup, cutmix',
      {'augment': 'crop_flip,randaugment,mixup,cutmix,random_erasing'}),
