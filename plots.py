@@ -1,6 +1,8 @@
 """Pictures a run leaves in its workdir: learning curves and sample predictions."""
 
 import logging
+import os
+import threading
 from typing import Sequence
 
 import matplotlib
@@ -14,6 +16,20 @@ import numpy as np
 
 
 SPLITS = (('train', 'o-'), ('validation', '^-'), ('test', 's-'))
+
+
+def _save(fig, path: str):
+  """Writes the figure aside and moves it in: the workers of one sweep may
+  draw its picture at once, and a reader (or a crash) never leaves half a
+  PNG in place of the last whole one."""
+  temporary = f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
+  try:
+    fig.savefig(temporary, dpi=100, format='png')
+    os.replace(temporary, path)
+  finally:
+    plt.close(fig)
+    if os.path.exists(temporary):
+      os.remove(temporary)
 
 
 def metric_names(history: Sequence[dict]) -> list[str]:
@@ -45,8 +61,7 @@ def plot_history(history: Sequence[dict], path: str):
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_predictions(images: np.ndarray, labels: np.ndarray,
@@ -69,8 +84,7 @@ def plot_predictions(images: np.ndarray, labels: np.ndarray,
                    fontsize=8, color='red')
   fig.suptitle('Test predictions (red: wrong)')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_sweep(histories: dict, path: str):
@@ -91,8 +105,7 @@ def plot_sweep(histories: dict, path: str):
   if histories:
     ax.legend(fontsize=8, loc='lower right')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_confusion(confusion: np.ndarray, class_names: Sequence[str],
@@ -113,5 +126,4 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str],
               else 'black')
   ax.set_title('Confusion matrix (test split)')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)

@@ -1,6 +1,9 @@
 """Tests for plots.py: each picture is written, at its size, from its data."""
 
+import os
+
 import numpy as np
+import pytest
 from PIL import Image
 
 import plots
@@ -54,3 +57,21 @@ def test_sweep_and_confusion_pictures(tmp_path):
   confusion = str(tmp_path / 'confusion.png')
   plots.plot_confusion(np.array([[5, 1], [0, 4]]), ['cat', 'dog'], confusion)
   assert _pixels(confusion)[0] == (240, 200)  # (1 + 0.7 n, 0.8 + 0.6 n) in.
+
+
+def test_pictures_are_moved_in_whole(tmp_path, monkeypatch):
+  path = str(tmp_path / 'sweep.png')
+  plots.plot_sweep({f'trial_{i:03d}': HISTORY for i in range(3)}, path)
+  assert os.listdir(tmp_path) == ['sweep.png']  # No temporary file left.
+  size, before = _pixels(path)
+
+  def fail(self, fname, **kwargs):
+    with open(fname, 'wb') as f:
+      f.write(b'half a picture')
+    raise OSError('No space left on device')
+
+  monkeypatch.setattr('matplotlib.figure.Figure.savefig', fail)
+  with pytest.raises(OSError, match='No space'):
+    plots.plot_sweep({'trial_000': HISTORY}, path)
+  assert os.listdir(tmp_path) == ['sweep.png']
+  assert _pixels(path)[0] == size and (_pixels(path)[1] == before).all()
