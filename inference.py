@@ -321,7 +321,7 @@ def _write_csv(output: str, top_k: int, rows: list):
   import csv  # pylint: disable=g-import-not-at-top
   header = ['path'] + sum(([f'class_{i}', f'prob_{i}']
                            for i in range(1, top_k + 1)), []) + ['error']
-  temporary = output + '.tmp'
+  temporary = workdir_files.aside(output)
   with open(temporary, 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(header)

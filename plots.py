@@ -2,7 +2,6 @@
 
 import logging
 import os
-import threading
 from typing import Sequence
 
 import matplotlib
@@ -14,6 +13,8 @@ logging.getLogger('matplotlib').setLevel(logging.INFO)
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+import workdir_files
+
 
 SPLITS = (('train', 'o-'), ('validation', '^-'), ('test', 's-'))
 
@@ -22,7 +23,7 @@ def _save(fig, path: str):
   """Writes the figure aside and moves it in: the workers of one sweep may
   draw its picture at once, and a reader (or a crash) never leaves half a
   PNG in place of the last whole one."""
-  temporary = f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
+  temporary = workdir_files.aside(path)
   try:
     fig.savefig(temporary, dpi=100, format='png')
     os.replace(temporary, path)

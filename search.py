@@ -594,7 +594,7 @@ def write_best_config(path: str, workdir: str, study, objective: str):
           f'CONFIG = {pprint.pformat(config, indent=1, sort_dicts=False)}'
           '\n\n\ndef get_config():\n'
           '  return ml_collections.ConfigDict(CONFIG)\n')
-  temporary = path + '.tmp'
+  temporary = workdir_files.aside(path)  # Workers may write it at once.
   with open(temporary, 'w') as f:
     f.write(text)
   os.replace(temporary, path)

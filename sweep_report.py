@@ -143,7 +143,7 @@ def write_reports(workdir: str, rows: list[dict],
   # Written aside and moved in: workers and array tasks of one sweep may
   # write at once, and a reader never sees half a table.
   path = os.path.join(workdir, workdir_files.SWEEP_CSV)
-  temporary = f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
+  temporary = workdir_files.aside(path)
   with open(temporary, 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=header, extrasaction='ignore')
     writer.writeheader()
@@ -158,6 +158,7 @@ def write_reports(workdir: str, rows: list[dict],
     lines += ['', warning]
   table = '\n'.join(lines) + '\n'
   path = os.path.join(workdir, workdir_files.SWEEP_TABLE)
+  temporary = workdir_files.aside(path)
   with open(temporary, 'w') as f:
     f.write(table)
   os.replace(temporary, path)

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 from typing import Any, Optional
 
 import ml_collections
@@ -118,9 +119,16 @@ def finished(workdir: str) -> bool:
       'stop_reason') not in UNFINISHED_STOPS
 
 
+def aside(path: str) -> str:
+  """A name beside `path` for this process and thread only. A file written
+  there and then os.replace'd onto `path` is whole or absent under its name,
+  after a crash too, however many workers write it at once."""
+  return f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
+
+
 def write_json(path: str, obj: Any):
   """Writes JSON atomically: readers never see a half-written file."""
-  tmp = path + '.tmp'
+  tmp = aside(path)
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2)
   os.replace(tmp, path)
