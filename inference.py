@@ -321,9 +321,7 @@ def _write_csv(output: str, top_k: int, rows: list):
   import csv  # pylint: disable=g-import-not-at-top
   header = ['path'] + sum(([f'class_{i}', f'prob_{i}']
                            for i in range(1, top_k + 1)), []) + ['error']
-  temporary = workdir_files.aside(output)
-  with open(temporary, 'w', newline='') as f:
-    writer = csv.writer(f)
+  with workdir_files.replaced(output, newline='') as f:
+    writer = csv.writer(f)  # Never half a file under its name.
     writer.writerow(header)
     writer.writerows(rows)
-  os.replace(temporary, output)  # Never half a file under its name.

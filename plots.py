@@ -1,7 +1,6 @@
 """Pictures a run leaves in its workdir: learning curves and sample predictions."""
 
 import logging
-import os
 from typing import Sequence
 
 import matplotlib
@@ -23,14 +22,11 @@ def _save(fig, path: str):
   """Writes the figure aside and moves it in: the workers of one sweep may
   draw its picture at once, and a reader (or a crash) never leaves half a
   PNG in place of the last whole one."""
-  temporary = workdir_files.aside(path)
   try:
-    fig.savefig(temporary, dpi=100, format='png')
-    os.replace(temporary, path)
+    with workdir_files.replaced(path, 'wb') as f:
+      fig.savefig(f, dpi=100, format='png')
   finally:
     plt.close(fig)
-    if os.path.exists(temporary):
-      os.remove(temporary)
 
 
 def metric_names(history: Sequence[dict]) -> list[str]:

@@ -594,10 +594,8 @@ def write_best_config(path: str, workdir: str, study, objective: str):
           f'CONFIG = {pprint.pformat(config, indent=1, sort_dicts=False)}'
           '\n\n\ndef get_config():\n'
           '  return ml_collections.ConfigDict(CONFIG)\n')
-  temporary = workdir_files.aside(path)  # Workers may write it at once.
-  with open(temporary, 'w') as f:
+  with workdir_files.replaced(path) as f:  # Workers may write it at once.
     f.write(text)
-  os.replace(temporary, path)
 
 
 def search_and_report(workdir, config, config_file, fixed, space_specs,

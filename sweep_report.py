@@ -143,12 +143,10 @@ def write_reports(workdir: str, rows: list[dict],
   # Written aside and moved in: workers and array tasks of one sweep may
   # write at once, and a reader never sees half a table.
   path = os.path.join(workdir, workdir_files.SWEEP_CSV)
-  temporary = workdir_files.aside(path)
-  with open(temporary, 'w', newline='') as f:
+  with workdir_files.replaced(path, newline='') as f:
     writer = csv.DictWriter(f, fieldnames=header, extrasaction='ignore')
     writer.writeheader()
     writer.writerows(rows)
-  os.replace(temporary, path)
   lines = list(preamble) + ['| ' + ' | '.join(header) + ' |',
                             '|' + '---|' * len(header)]
   lines += ['| ' + ' | '.join(format_cell(k, r.get(k)) for k in header) +
@@ -158,10 +156,8 @@ def write_reports(workdir: str, rows: list[dict],
     lines += ['', warning]
   table = '\n'.join(lines) + '\n'
   path = os.path.join(workdir, workdir_files.SWEEP_TABLE)
-  temporary = workdir_files.aside(path)
-  with open(temporary, 'w') as f:
+  with workdir_files.replaced(path) as f:
     f.write(table)
-  os.replace(temporary, path)
   # At --verbosity=1 absl would pass on matplotlib's hundreds of DEBUG lines.
   logging.getLogger('matplotlib').setLevel(logging.INFO)
   import plots  # pylint: disable=g-import-not-at-top

@@ -119,19 +119,26 @@ def finished(workdir: str) -> bool:
       'stop_reason') not in UNFINISHED_STOPS
 
 
-def aside(path: str) -> str:
-  """A name beside `path` for this process and thread only. A file written
-  there and then os.replace'd onto `path` is whole or absent under its name,
-  after a crash too, however many workers write it at once."""
-  return f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
+@contextlib.contextmanager
+def replaced(path: str, mode: str = 'w', **kwargs):
+  """Opens a file beside `path`, this process's and thread's own, and moves
+  it onto `path` when the body ends (removes it if the body fails): the file
+  under its name is whole or the last whole one, after a crash too, however
+  many workers write it at once."""
+  temporary = f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
+  try:
+    with open(temporary, mode, **kwargs) as f:
+      yield f
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
 
 
 def write_json(path: str, obj: Any):
   """Writes JSON atomically: readers never see a half-written file."""
-  tmp = aside(path)
-  with open(tmp, 'w') as f:
+  with replaced(path) as f:
     json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
 
 
 def read_json(workdir: str, name: str, missing: Optional[str] = None):

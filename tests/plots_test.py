@@ -65,9 +65,8 @@ def test_pictures_are_moved_in_whole(tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == ['sweep.png']  # No temporary file left.
   size, before = _pixels(path)
 
-  def fail(self, fname, **kwargs):
-    with open(fname, 'wb') as f:
-      f.write(b'half a picture')
+  def fail(self, file, **kwargs):
+    file.write(b'half a picture')
     raise OSError('No space left on device')
 
   monkeypatch.setattr('matplotlib.figure.Figure.savefig', fail)
